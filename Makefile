@@ -1,0 +1,40 @@
+# One command each: `make repro` (the real experiment), `make demo` (offline, synthetic data, tiny
+# CLIP, CPU, about a minute), `make test`. Each creates .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# DVC stage commands call `python`: make it the project's interpreter.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv repro demo test lint bench ui clean-demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision unpinned from the registry: a matching pair, so `import open_clip` works.
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -c "import open_clip, torch, mlflow, dvc; print('venv ok: torch', torch.__version__)"
+	@touch $@
+
+repro: venv
+	dvc repro
+
+demo: venv
+	aigi demo
+
+test: venv
+	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q
+
+lint: venv
+	ruff check .
+
+bench: venv
+	python bench/preprocess.py
+	python bench/finetune.py
+
+ui: venv
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,83 @@
+"""The `aigi` command: `aigi demo`, `aigi predict PATH...`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from aigi.errors import AigiError, exits_cleanly
+from aigi.paths import MODEL_DIR, project_root
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from aigi import demo
+
+    root = project_root()
+    return demo.run(root, (root / args.dir).resolve())
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from aigi import device
+    from aigi.model import load_detector
+    from aigi.predict import expand, predict_paths
+
+    files = expand(args.paths)
+    model_dir = Path(args.model) if args.model else project_root() / MODEL_DIR
+    detector, _ = load_detector(model_dir, device.resolve(args.device))
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    writer = csv.DictWriter(out, ["path", "p_fake", "label", "error"]) if args.format == "csv" else None
+    if writer:
+        writer.writeheader()
+    failed = 0
+    for row in tqdm(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
+                    desc="predict", unit="img", disable=None, file=sys.stderr):
+        failed += "error" in row
+        if "error" in row:
+            print(f"error: {row['path']}: {row['error']}", file=sys.stderr)
+        if writer:
+            writer.writerow(row)
+        else:
+            out.write(json.dumps(row) + "\n")
+    if out is not sys.stdout:
+        out.close()
+    if failed:
+        print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigi", description="Detect AI-generated images with CLIP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data in a copy of the project")
+    d.add_argument("--dir", default="demo", help="where the copy goes (default: demo/)")
+    d.set_defaults(func=_demo)
+    p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--model", help="a saved model folder (default: the pipeline's models/finetuned)")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--output", "-o", help="write here instead of standard output")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
+    return parser
+
+
+@exits_cleanly
+def main() -> None:
+    args = build_parser().parse_args()
+    try:
+        code = args.func(args)
+    except BrokenPipeError:
+        code = 0
+    if code:
+        raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A synthetic stand-in for CIFAKE, for the offline demo and the tests.
+
+REAL and FAKE images share one generator of smooth, colourful "scenes"; FAKE images then carry the
+fingerprints that real generators leave: a faint periodic checkerboard (transposed-convolution
+upsampling artefacts) and over-saturated colour. The difference is genuine and learnable, but not
+visible to a model that has not been trained on it, so fine-tuning must beat zero-shot.
+Deterministic by seed; written as PNG files in the CIFAKE layout so every later stage treats it
+exactly like the real data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SIZE = 32
+CONTENT_CLASSES = 10  # file names carry a CIFAKE-style "(k)" suffix, k = 1..10
+
+
+def scene(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random RGB scene: a few coloured Gaussian blobs over a gradient, plus sensor noise."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
+    img = rng.uniform(40, 200, 3)[None, None, :] + rng.normal(0, 40, 3) * yy[..., None]
+    for _ in range(rng.integers(2, 5)):
+        cy, cx = rng.uniform(0, 1, 2)
+        r = rng.uniform(0.1, 0.35)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+        img = img + blob[..., None] * rng.normal(0, 60, 3)[None, None, :]
+    img = img + rng.normal(0, 4, img.shape)
+    return img.astype(np.float32)
+
+
+def fake_fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Add a generator's fingerprints: period-2 checkerboard and boosted saturation."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
+    img = img + checker * rng.uniform(10, 16)
+    grey = img.mean(axis=2, keepdims=True)
+    return grey + (img - grey) * rng.uniform(1.4, 1.8)
+
+
+def file_name(index: int, content_class: int) -> str:
+    """CIFAKE's naming: `0007.jpg` for content class 1, `0007 (k).jpg` for k = 2..10."""
+    return f"{index:04d}.png" if content_class == 1 else f"{index:04d} ({content_class}).png"
+
+
+def write_synthetic(dest: Path, train_per_class: int, test_per_class: int, seed: int) -> dict[str, int]:
+    """Write `dest/{train,test}/{REAL,FAKE}/*.png`; returns the count per `split/CLASS`."""
+    counts: dict[str, int] = {}
+    for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        for label_index, label in enumerate(("REAL", "FAKE")):
+            folder = dest / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng([seed, split_index, label_index])
+            for i in range(n):
+                img = scene(rng)
+                if label == "FAKE":
+                    img = fake_fingerprint(img, rng)
+                pixels = np.clip(img, 0, 255).round().astype(np.uint8)
+                name = file_name(i // CONTENT_CLASSES, i % CONTENT_CLASSES + 1)
+                Image.fromarray(pixels).save(folder / name, optimize=False)
+            counts[f"{split}/{label}"] = n
+    return counts

@@ -1,0 +1,87 @@
+"""`aigi demo`: the whole pipeline offline, in a copy of the project, on synthetic data and the tiny CLIP.
+
+The copy (default `demo/`, git-ignored) gets the project's tracked files, `params.yaml` with
+`params.demo.yaml` merged over it, and its own git repository, then runs `dvc repro`. The user's
+`params.yaml`, and so what `make repro` runs, is untouched; the demo's MLflow runs land in the
+user's store (experiment `aigi-demo`), next to the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aigi.errors import AigiError
+
+GIT = ["git", "-c", "user.name=aigi demo", "-c", "user.email=demo@aigi.invalid", "-c", "commit.gpgsign=false"]
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "prompts" else v
+    return out
+
+
+def project_files(root: Path) -> list[str]:
+    """The files git tracks (plus untracked, not ignored ones): what a fresh clone would have."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=root, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        raise AigiError(f"{root} is not a git checkout; clone the project with git to run the demo") from None
+    return [f for f in out.stdout.decode().split("\0") if f and (root / f).is_file()]
+
+
+def prepare(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> None:
+    """Sync the project into `dest`, write its demo params and commit, so `dvc repro` there is a real run."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in project_files(root):
+        if rel.split("/")[0] == dest.name and (root / dest.name).resolve() == dest.resolve():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.is_file() or target.read_bytes() != (root / rel).read_bytes():
+            shutil.copyfile(root / rel, target)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = merge(params, yaml.safe_load((root / "params.demo.yaml").read_text()) or {})
+    params = merge(params, overrides or {})
+    new = yaml.safe_dump(params, sort_keys=False)
+    if not (dest / "params.yaml").is_file() or (dest / "params.yaml").read_text() != new:
+        (dest / "params.yaml").write_text(new)
+    if not (dest / ".git").exists():
+        subprocess.run([*GIT, "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=dest, check=True)
+    if subprocess.run([*GIT, "diff", "--cached", "--quiet"], cwd=dest).returncode:
+        subprocess.run([*GIT, "commit", "-q", "-m", "demo snapshot"], cwd=dest, check=True)
+
+
+def stage_env(root: Path) -> dict[str, str]:
+    """Environment for `dvc` in the copy: this interpreter first on PATH, tracking in the user's store."""
+    from aigi import params
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    user = params.load(root / "params.yaml")
+    env.setdefault("MLFLOW_TRACKING_URI", user.mlflow.tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
+    return env
+
+
+def run(root: Path, dest: Path) -> int:
+    prepare(root, dest)
+    print(f"demo: running `dvc repro` in {dest} (synthetic data, {_arch(dest)}, CPU)", flush=True)
+    code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=stage_env(root)).returncode
+    if code == 0:
+        print(f"demo: done. Report: {dest / 'reports' / 'report.html'}; metrics: {dest / 'metrics'}; "
+              f"MLflow: `mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}` (experiment aigi-demo)")
+    return code
+
+
+def _arch(dest: Path) -> str:
+    return yaml.safe_load((dest / "params.yaml").read_text())["model"]["arch"]

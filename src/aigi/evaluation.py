@@ -1,0 +1,44 @@
+"""Score a detector on the test split and write its metrics, plots and per-image predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aigi import metrics
+from aigi.data.store import load_split
+from aigi.inference import predict_proba
+from aigi.model import Detector
+from aigi.params import Params
+from aigi.paths import METRICS, PLOTS, PROCESSED
+from aigi.plots import write_score_plots
+
+
+def score_test_split(detector: Detector, params: Params, name: str, batch_size: int) -> dict[str, Any]:
+    """Writes `metrics/<name>.json` and `plots/<name>/` (ROC, PR, confusion, predictions.csv)."""
+    images, table = load_split(PROCESSED, "test")
+    y = table["label"].to_numpy()
+    p_fake = predict_proba(detector, images, batch_size, desc=f"{name} test")
+    result = metrics.evaluate(y, p_fake, params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed)
+    write_json(METRICS / f"{name}.json", result)
+    folder = PLOTS / name
+    write_score_plots(folder, y, p_fake, params.evaluate.threshold, name)
+    table.assign(p_fake=np.round(p_fake, 6)).to_csv(folder / "predictions.csv", index_label="index")
+    return result
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def mlflow_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Flatten a metrics dict for MLflow: `<prefix>accuracy`, `<prefix>accuracy_ci_low`, `<prefix>tp` ..."""
+    out = {f"{prefix}{k}": float(result[k]) for k in metrics.SCALARS}
+    for k, (lo, hi) in result.get("ci95", {}).items():
+        out[f"{prefix}{k}_ci_low"], out[f"{prefix}{k}_ci_high"] = lo, hi
+    out.update({f"{prefix}{k}": float(v) for k, v in result["confusion"].items()})
+    return out

@@ -1,0 +1,28 @@
+"""Batched inference over memory-mapped uint8 images: P(fake) per image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from aigi.device import autocast
+from aigi.model import Detector
+
+
+@torch.no_grad()
+def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc: str = "predict") -> np.ndarray:
+    """P(FAKE) for each row of an N×S×S×3 uint8 array (memory-mapped is fine); float64 N."""
+    detector.eval()
+    device = detector.mean.device
+    out = np.empty(len(images), dtype=np.float64)
+    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            if device.type == "cuda":
+                batch = batch.pin_memory()
+            with autocast(device):
+                logits = detector(batch.to(device, non_blocking=True))
+            out[start : start + len(batch)] = logits.float().softmax(dim=1)[:, 1].cpu().numpy()
+            bar.update(len(batch))
+    return out

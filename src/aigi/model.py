@@ -1,0 +1,159 @@
+"""The CLIP detector: an open_clip model plus a 2-way head, built by name, saved without pickles.
+
+Every method (zero-shot, contrastive, linear probe, full) ends in the same shape: image features
+(L2-normalised) times a REAL/FAKE weight matrix. For zero-shot and contrastive that matrix is the
+prompt-ensemble text embedding of each class scaled by CLIP's logit scale; the probe and full
+methods train it directly. So evaluation, prediction and serving have a single code path.
+
+Saved layout (`save_detector`): `clip/` in open_clip's own `local-dir:` format
+(`open_clip_config.json` + `open_clip_model.safetensors`), `head.safetensors` and `detector.json`.
+Nothing is pickled; loading never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aigi.errors import AigiError
+from aigi.params import CLASSES
+
+TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+logging.getLogger("root").setLevel(logging.WARNING)
+
+
+def resolve_arch(arch: str) -> str:
+    """An open_clip model name for `model.arch` (a built-in name, `aigi-tiny`, or a config JSON path)."""
+    if arch.endswith(".json"):
+        path = Path(arch)
+        if not path.is_file():
+            raise AigiError(f"model.arch '{arch}': no such model-config JSON file")
+        open_clip.add_model_config(path)
+        return path.stem
+    if open_clip.get_model_config(arch) is None:
+        raise AigiError(
+            f"model.arch '{arch}' is not a known open_clip model; use a name from open_clip.list_models() "
+            f"(e.g. ViT-B-32), {TINY}, or a path to an open_clip model-config JSON"
+        )
+    return arch
+
+
+def input_size(arch: str) -> int:
+    """The square input resolution of `arch`, read from its config (no weights loaded)."""
+    size = open_clip.get_model_config(resolve_arch(arch))["vision_cfg"]["image_size"]
+    return int(size if isinstance(size, int) else size[0])
+
+
+class Detector(nn.Module):
+    """CLIP image tower + REAL/FAKE head. Input: N×S×S×3 uint8 pixels (any device); output: logits N×2."""
+
+    def __init__(self, clip: nn.Module, model_cfg: dict[str, Any], tokenizer: Any = None):
+        super().__init__()
+        self.clip = clip
+        self.model_cfg = model_cfg
+        self.tokenizer = tokenizer
+        self._tokens: dict[tuple, torch.Tensor] = {}
+        pp = open_clip.get_model_preprocess_cfg(clip)
+        self.image_size = int(pp["size"] if isinstance(pp["size"], int) else pp["size"][0])
+        self.register_buffer("mean", torch.tensor(pp["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pp["std"]).view(1, 3, 1, 1), persistent=False)
+        self.head = nn.Linear(model_cfg["embed_dim"], len(CLASSES))
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> normalised float NCHW on the model's device (the only place this happens)."""
+        if pixels.shape[1:3] != (self.image_size, self.image_size):
+            raise AigiError(
+                f"images are {tuple(pixels.shape[1:3])} but the model expects {self.image_size}x{self.image_size}; "
+                f"re-run preprocess for this model.arch"
+            )
+        x = pixels.to(self.mean.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        return (x - self.mean) / self.std
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_image(self.normalise(pixels), normalize=True)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixels).float())
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp()
+
+    def class_embeddings(self, prompts: dict[str, list[str]]) -> torch.Tensor:
+        """Prompt-ensemble text embedding per class (mean of normalised prompts, renormalised): C×D.
+
+        Gradients flow when enabled, so the contrastive method trains the text tower through this.
+        """
+        if self.tokenizer is None:
+            raise RuntimeError("this detector was loaded without a tokenizer")
+        device = self.mean.device
+        rows = []
+        for name in CLASSES:
+            key = (device, *prompts[name])
+            if key not in self._tokens:  # tokenise once, not every training step
+                self._tokens[key] = self.tokenizer(prompts[name]).to(device)
+            tokens = self._tokens[key]
+            emb = self.clip.encode_text(tokens, normalize=True).float().mean(dim=0)
+            rows.append(emb / emb.norm())
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def set_head_from_prompts(self, prompts: dict[str, list[str]]) -> None:
+        """Zero-shot head: logit_scale × class text embeddings, no bias."""
+        self.head.weight.copy_(self.logit_scale() * self.class_embeddings(prompts))
+        self.head.bias.zero_()
+
+
+def create_detector(arch: str, pretrained: str, prompts: dict[str, list[str]], device: torch.device) -> Detector:
+    """A fresh detector: open_clip `arch` with `pretrained` weights and the zero-shot head for `prompts`."""
+    name = resolve_arch(arch)
+    weights = None if pretrained.lower() == "none" else pretrained
+    try:
+        clip = open_clip.create_model(name, pretrained=weights, device=device)
+    except Exception as e:  # open_clip raises RuntimeError for both unknown tags and failed downloads
+        msg = " ".join(str(e).split())[:240]
+        raise AigiError(
+            f"model.pretrained '{pretrained}' for {name}: could not load weights ({msg}); use an open_clip tag "
+            f"(open_clip.list_pretrained()), a local checkpoint path (works offline), or `none` for random init"
+        ) from None
+    detector = Detector(clip, open_clip.get_model_config(name), open_clip.get_tokenizer(name)).to(device)
+    detector.set_head_from_prompts(prompts)
+    return detector
+
+
+def save_detector(detector: Detector, folder: Path, meta: dict[str, Any]) -> None:
+    """Write the detector into `folder` (which must not hold an older model's files)."""
+    clip_dir = folder / "clip"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    pp = open_clip.get_model_preprocess_cfg(detector.clip)
+    (clip_dir / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": detector.model_cfg, "preprocess_cfg": dict(pp)}, indent=2, default=list)
+    )
+    state = {k: v.detach().contiguous().cpu() for k, v in detector.clip.state_dict().items()}
+    save_file(state, clip_dir / "open_clip_model.safetensors")
+    save_file({k: v.detach().contiguous().cpu() for k, v in detector.head.state_dict().items()},
+              folder / "head.safetensors")
+    (folder / "detector.json").write_text(
+        json.dumps({"classes": list(CLASSES), "image_size": detector.image_size, **meta}, indent=2) + "\n"
+    )
+
+
+def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tuple[Detector, dict[str, Any]]:
+    """Load what `save_detector` wrote; returns the detector (eval mode) and `detector.json`."""
+    folder = Path(folder)
+    if not (folder / "detector.json").is_file() or not (folder / "clip" / "open_clip_config.json").is_file():
+        raise AigiError(f"{folder}: not a saved aigi model (detector.json, clip/ missing); run the finetune stage")
+    meta = json.loads((folder / "detector.json").read_text())
+    model_cfg = json.loads((folder / "clip" / "open_clip_config.json").read_text())["model_cfg"]
+    ident = f"local-dir:{(folder / 'clip').resolve()}"
+    clip = open_clip.create_model(ident, device=device)  # safetensors: no code runs on load
+    detector = Detector(clip, model_cfg, open_clip.get_tokenizer(ident)).to(device)
+    detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
+    return detector.eval(), meta

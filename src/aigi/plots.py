@@ -1,0 +1,61 @@
+"""Plot files: CSVs that `dvc plots show/diff` render (dvc.yaml declares them) and PNGs for the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run without a display
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from aigi.params import CLASSES
+
+
+def write_score_plots(folder: Path, y: np.ndarray, p_fake: np.ndarray, threshold: float, title: str) -> None:
+    """ROC, precision-recall and confusion data (CSV) plus a PNG of the two curves."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fpr, tpr, _ = skm.roc_curve(y, p_fake)
+    precision, recall, _ = skm.precision_recall_curve(y, p_fake)
+    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(folder / "roc.csv", index=False)
+    pd.DataFrame({"recall": recall, "precision": precision}).to_csv(folder / "pr.csv", index=False)
+    pred = (p_fake >= threshold).astype(int)
+    pd.DataFrame({"actual": np.array(CLASSES)[y], "predicted": np.array(CLASSES)[pred]}).to_csv(
+        folder / "confusion.csv", index=False
+    )
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
+    ax1.plot(fpr, tpr)
+    ax1.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax1.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({title})")
+    ax2.plot(recall, precision)
+    ax2.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({title})")
+    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
+    ax3.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax3.text(j, i, str(v), ha="center", va="center")
+    ax3.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
+            xlabel="predicted", ylabel="actual", title="confusion")
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def write_training_curves(folder: Path, history: list[dict[str, float]]) -> None:
+    """Per-epoch train/val loss and accuracy: `loss.csv`, `accuracy.csv` (DVC plots) and `curves.png`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(history)
+    frame[["epoch", "train_loss", "val_loss"]].to_csv(folder / "loss.csv", index=False)
+    frame[["epoch", "train_accuracy", "val_accuracy"]].to_csv(folder / "accuracy.csv", index=False)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "val"):
+        ax1.plot(frame["epoch"], frame[f"{split}_loss"], marker="o", label=split)
+        ax2.plot(frame["epoch"], frame[f"{split}_accuracy"], marker="o", label=split)
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "curves.png", dpi=100)
+    plt.close(fig)

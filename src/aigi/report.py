@@ -1,0 +1,174 @@
+"""The experiment report: `reports/report.md` (with PNGs beside it) and a self-contained `report.html`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from aigi.metrics import SCALARS
+from aigi.params import CLASSES, Params
+
+HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
+
+
+def _cell(result: dict[str, Any], key: str) -> str:
+    value = f"{result[key]:.4f}"
+    ci = result.get("ci95", {}).get(key)
+    return f"{value} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else value
+
+
+def comparison_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str:
+    rows = ["| metric | zero-shot | fine-tuned |", "|---|---|---|"]
+    rows += [f"| {k} | {_cell(zeroshot, k)} | {_cell(finetuned, k)} |" for k in HEADLINE if k in SCALARS]
+    for name, r in (("zero-shot", zeroshot), ("fine-tuned", finetuned)):
+        c = r["confusion"]
+        rows.append(f"| confusion ({name}) | TN {c['tn']} FP {c['fp']} | FN {c['fn']} TP {c['tp']} |")
+    return "\n".join(rows)
+
+
+def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, path: Path) -> int:
+    """The `count` most confident mistakes as one PNG; returns how many were shown."""
+    pred = (predictions["p_fake"] >= 0.5).astype(int)
+    wrong = predictions[pred != predictions["label"]].copy()
+    wrong["confidence"] = (wrong["p_fake"] - 0.5).abs()
+    wrong = wrong.sort_values("confidence", ascending=False).head(count)
+    if wrong.empty:
+        return 0
+    cols = min(8, len(wrong))
+    rows = int(np.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.flat, wrong.iterrows(), strict=False):
+        ax.imshow(images[int(r["index"])])
+        ax.set_title(f"{CLASSES[int(r['label'])]}\nP(fake)={r['p_fake']:.2f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return len(wrong)
+
+
+def build(
+    out: Path,
+    params: Params,
+    zeroshot: dict[str, Any],
+    finetuned: dict[str, Any],
+    source: dict[str, Any],
+    manifest: dict[str, Any],
+    figures: dict[str, Path],
+    mistakes: tuple[pd.DataFrame, np.ndarray],
+) -> None:
+    """Write report.md, its PNGs and report.html into `out` (an empty folder)."""
+    assets = out / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    shown = mistakes_grid(*mistakes, params.report.mistakes_shown, assets / "mistakes.png")
+    images = {}
+    for title, src in figures.items():
+        if src.is_file():
+            images[title] = assets / f"{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}.png"
+            shutil.copyfile(src, images[title])
+    if shown:
+        images[f"The {shown} most confident mistakes (fine-tuned)"] = assets / "mistakes.png"
+
+    splits = manifest["splits"]
+    dup = manifest["duplicates"]
+    md = [
+        "# aigi report: can CLIP tell AI-generated images from real ones?",
+        "",
+        f"Model `{params.model.arch}` (`{params.model.pretrained}` weights), fine-tuned with "
+        f"`{params.finetune.method}`; decision threshold P(fake) >= {params.evaluate.threshold}; "
+        "95% bootstrap intervals in brackets.",
+        "",
+        "## Zero-shot vs fine-tuned (test split)",
+        "",
+        comparison_table(zeroshot, finetuned),
+        "",
+        "## Data",
+        "",
+        f"- Source: `{source.get('source')}` {source.get('id', '')} {source.get('version', '')}".rstrip(),
+        f"- Downloaded: {', '.join(f'{k} {v:,}' for k, v in source.get('counts', {}).items())}",
+        "- Used: " + "; ".join(
+            f"{s} {info['count']:,} ({', '.join(f'{c} {n:,}' for c, n in info['per_class'].items())})"
+            for s, info in splits.items()
+        ),
+        f"- Resolution {manifest['image_size']} px, {manifest['interpolation']}",
+        f"- Exact duplicates: {dup.get('train_test_shared', 0)} shared by train and test "
+        f"({dup.get('train_copies_of_test_dropped', 0)} train copies dropped); "
+        f"{dup.get('within_train_dropped', 0)} within train and {dup.get('within_test_dropped', 0)} within test dropped",
+        f"- Skipped unreadable images: {len(manifest.get('skipped', []))}",
+        "",
+        "## Figures",
+        "",
+    ]
+    for title, path in images.items():
+        md += [f"### {title}", "", f"![{title}](assets/{path.name})", ""]
+    md += ["## Params", "", "```yaml", _params_yaml(params), "```", ""]
+    text = "\n".join(md)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(to_html(text, out))
+
+
+def _params_yaml(params: Params) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(params.model_dump_json()), sort_keys=False).strip()
+
+
+def to_html(markdown: str, base: Path) -> str:
+    """A minimal Markdown-to-HTML rendering of the report with every image inlined (no external files)."""
+    body, in_code, table = [], False, []
+
+    def flush_table() -> None:
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
+            body.append(f"<table><tr>{head}</tr>{rest}</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            flush_table()
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if m := re.match(r"!\[(.*)\]\((.*)\)", line):
+            data = base64.b64encode((base / m.group(2)).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
+        elif m := re.match(r"(#+) (.*)", line):
+            n = len(m.group(1))
+            body.append(f"<h{n}>{html.escape(m.group(2))}</h{n}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{_inline(line[2:])}</li>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+             "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>aigi report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))

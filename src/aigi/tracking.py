@@ -1,0 +1,105 @@
+"""MLflow: where runs go, and the one run per trained model that finetune, evaluate and report share.
+
+Tracking URI: `MLFLOW_TRACKING_URI` if set, else `mlflow.tracking_uri` from params, else a SQLite
+database at the root of the user's checkout (`sqlite:///<root>/mlflow.db`, MLflow's own default
+store) with artifacts beside it in `<root>/mlartifacts`. Anchoring both to the user's root (not the
+working directory, not DVC's temporary experiment copy) keeps every run in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aigi.errors import AigiError
+from aigi.params import Params
+from aigi.paths import PROCESSED, project_root, user_root
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow  # noqa: E402  (after the telemetry switch)
+
+RUN_ID_FILE = "run_id"  # inside models/finetuned/: the MLflow run the later stages log into
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri or (
+        f"sqlite:///{user_root() / 'mlflow.db'}"
+    )
+
+
+def _artifact_location(uri: str) -> str | None:
+    """For a local SQLite store, artifacts go next to the database; servers choose their own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def experiment_id(params: Params) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it on first use."""
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        return mlflow.create_experiment(params.mlflow.experiment, artifact_location=_artifact_location(uri))
+    except mlflow.exceptions.MlflowException as e:
+        raise AigiError(f"MLflow tracking at {uri} failed ({' '.join(str(e).split())[:200]}); "
+                        f"check mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def data_version(root: Path) -> str:
+    """DVC's hash of data/processed (from dvc.lock), else a hash of its manifest."""
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("preprocess", {}).get("outs", []):
+            if out.get("path") == PROCESSED.as_posix():
+                return f"md5:{out.get('md5')}"
+    manifest = root / PROCESSED / "manifest.json"
+    if manifest.is_file():
+        return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return "unknown"
+
+
+def start_training_run(params: Params, run_id: str | None = None) -> mlflow.ActiveRun:
+    """Open the run of a new model (or reopen `run_id` when resuming) with params and tags logged."""
+    exp = experiment_id(params)
+    if run_id:
+        return mlflow.start_run(run_id=run_id)
+    root = project_root()
+    run = mlflow.start_run(experiment_id=exp, run_name=f"{params.finetune.method}-{params.model.arch}")
+    mlflow.log_params(params.flat())
+    mlflow.set_tags({
+        "git_commit": git_commit(root),
+        "dvc_data_version": data_version(root),
+        "aigi.method": params.finetune.method,
+        "aigi.arch": params.model.arch,
+    })
+    return run
+
+
+@contextlib.contextmanager
+def model_run(params: Params, model_dir: Path) -> Iterator[Any]:
+    """Reopen the run of the model in `model_dir` (written by finetune) for evaluate and report."""
+    path = model_dir / RUN_ID_FILE
+    if not path.is_file():
+        raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)")
+    experiment_id(params)
+    with mlflow.start_run(run_id=path.read_text().strip()) as run:
+        yield run
