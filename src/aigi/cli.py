@@ -20,7 +20,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from aigi.progress import progress
 
     from aigi import device
     from aigi.model import load_detector
@@ -34,7 +34,7 @@ def _predict(args: argparse.Namespace) -> int:
     if writer:
         writer.writeheader()
     failed = 0
-    for row in tqdm(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
+    for row in progress(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
                     desc="predict", unit="img", disable=None, file=sys.stderr):
         failed += "error" in row
         if "error" in row:

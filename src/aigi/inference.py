@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from aigi.progress import progress
 
 from aigi.device import autocast
 from aigi.model import Detector
@@ -16,9 +16,9 @@ def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc:
     detector.eval()
     device = detector.mean.device
     out = np.empty(len(images), dtype=np.float64)
-    with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
+    with progress(total=len(images), desc=desc, unit="img", leave=False) as bar:
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # copy out of the memmap
             if device.type == "cuda":
                 batch = batch.pin_memory()
             with autocast(device):

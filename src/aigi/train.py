@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from aigi.progress import progress
 
 from aigi.device import autocast
 from aigi.model import Detector
@@ -181,7 +181,7 @@ def train(
         order = np.random.default_rng([seed, epoch]).permutation(len(train_labels))
         flip_gen = torch.Generator(device=device).manual_seed(seed * 1000 + epoch)
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
-        bar = tqdm(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
+        bar = progress(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
         micro = 0
         for x, y in batches(train_images, train_labels, cfg.batch_size, order, device):
             if cfg.augment_flip:  # horizontal flip of a random half, on the device

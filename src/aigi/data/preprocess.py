@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from aigi.progress import progress
 
 from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, atomic_dir
@@ -165,7 +165,7 @@ def _write_split(split, items, raw, out, params, image_size, pool, skipped) -> d
     notes: Counter[str] = Counter()
     chunks = [items[i : i + params.chunk_size] for i in range(0, len(items), params.chunk_size)]
     jobs = [([str(raw / c.file) for c in chunk], params.max_image_pixels) for chunk in chunks]
-    with tqdm(total=len(items), desc=f"preprocess {split}", unit="img") as bar:
+    with progress(total=len(items), desc=f"preprocess {split}", unit="img") as bar:
         for chunk, decoded in zip(chunks, pool.imap(_decode, jobs), strict=True):
             good = []
             for cand, (img, note) in zip(chunk, decoded, strict=True):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm import tqdm
+from aigi.progress import progress
 
 from aigi.data.images import is_image_file
 from aigi.data.synthetic import write_synthetic
@@ -136,7 +136,7 @@ def _download_file(url: str, target: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
                 while chunk := resp.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -168,7 +168,7 @@ def import_dataset(path: Path, out: Path, params: DataParams) -> dict[str, Any]:
         target = out / split / label
         target.mkdir(parents=True, exist_ok=True)
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-        for f in tqdm(files, desc=f"import {split}/{label}", unit="file", leave=False):
+        for f in progress(files, desc=f"import {split}/{label}", unit="file", leave=False):
             if is_image_file(f):
                 shutil.copyfile(f, target / _flat_name(f, folder))
             else:
@@ -285,7 +285,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                 infos = zf.infolist()
                 limits(len(infos), sum(i.file_size for i in infos))
                 written = 0
-                for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
+                for info in progress(infos, desc=f"extract {archive.name}", unit="file", leave=False):
                     target = check(info.filename)
                     if stat.S_ISLNK(info.external_attr >> 16):
                         raise AigiError(f"{archive.name}: refusing member '{info.filename}': it is a symbolic link")
@@ -302,7 +302,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 count = total = 0
-                for member in tqdm(tf, desc=f"extract {archive.name}", unit="file", leave=False):
+                for member in progress(tf, desc=f"extract {archive.name}", unit="file", leave=False):
                     count += 1
                     total += max(member.size, 0)
                     limits(count, total)

@@ -36,9 +36,9 @@ def fake_fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Add a generator's fingerprints: period-2 checkerboard and boosted saturation."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
-    img = img + checker * rng.uniform(10, 16)
+    img = img + checker * rng.uniform(18, 26)
     grey = img.mean(axis=2, keepdims=True)
-    return grey + (img - grey) * rng.uniform(1.4, 1.8)
+    return grey + (img - grey) * rng.uniform(1.7, 2.2)
 
 
 def file_name(index: int, content_class: int) -> str:
