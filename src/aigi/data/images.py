@@ -3,7 +3,7 @@
 Resizing a batch to a fixed size is a fixed linear map per axis. We build that map from PIL's own
 bicubic kernel (a = -0.5, support widened when shrinking, as PIL and so open_clip's preprocessing
 do) and apply it as two matrix products, which batches well on CPU and GPU; the result matches
-`PIL.Image.resize(..., BICUBIC)` to within one grey level.
+`PIL.Image.resize(..., BICUBIC)` to within a grey level.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     rows = torch.from_numpy(resize_matrix(h, size)).to(x.device)
     cols = torch.from_numpy(resize_matrix(w, size)).to(x.device)
     x = x.permute(0, 3, 1, 2).float()  # N,3,h,w
-    x = rows @ x @ cols.T  # N,3,size,size
-    return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
+    x = (x @ cols.T).round_().clamp_(0, 255)
+    x = (rows @ x).round_().clamp_(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def center_square(img: np.ndarray) -> np.ndarray:

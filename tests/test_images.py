@@ -1,0 +1,71 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aigi.data.images import BadImage, load_rgb, resize_batch, resize_matrix, to_model_input
+
+
+def _rng_image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("src, dst", [(32, 224), (32, 64), (100, 64), (224, 224)])
+def test_resize_matches_pil_bicubic(src, dst):
+    img = _rng_image(src, src)
+    ours = resize_batch(img[None], dst)[0].numpy().astype(int)
+    pil = np.asarray(Image.fromarray(img).resize((dst, dst), Image.BICUBIC)).astype(int)
+    # PIL's fixed-point weights vs our float32 ones: at most one level apart, rarely.
+    assert np.abs(ours - pil).max() <= 1
+    assert np.abs(ours - pil).mean() < 0.05
+
+
+def test_resize_rows_sum_to_one():
+    m = resize_matrix(32, 224)
+    assert m.shape == (224, 32)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_to_model_input_crops_centre_square_and_keeps_order():
+    wide = np.zeros((40, 80, 3), np.uint8)
+    wide[:, 20:60] = 255  # the centre square is all white
+    small = _rng_image(32, 32)
+    out = to_model_input([wide, small, wide], 64)
+    assert out.shape == (3, 64, 64, 3) and out.dtype == np.uint8
+    assert out[0].min() == 255 and (out[0] == out[2]).all()
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "LA", "I;16", "1"])
+def test_odd_modes_become_rgb(mode):
+    img = Image.fromarray(_rng_image(16, 16)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode == "I;16" else "PNG"
+    arr = load_rgb(_encode(img, fmt))
+    assert arr.shape == (16, 16, 3) and arr.dtype == np.uint8
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert (load_rgb(_encode(img, "PNG")) == 255).all()
+
+
+def test_corrupt_truncated_and_non_images_are_bad(tmp_path):
+    jpeg = _encode(Image.fromarray(_rng_image(32, 32)), "JPEG")
+    with pytest.raises(BadImage, match="corrupt or truncated"):
+        load_rgb(jpeg[: len(jpeg) // 2])
+    with pytest.raises(BadImage, match="not a recognised image"):
+        load_rgb(b"hello, not an image")
+    with pytest.raises(BadImage, match="file not found"):
+        load_rgb(tmp_path / "missing.png")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    big = _encode(Image.new("L", (3000, 3000)), "PNG")  # tiny file, 9 Mpx
+    with pytest.raises(BadImage, match="decompression-bomb guard"):
+        load_rgb(big, max_pixels=1_000_000)

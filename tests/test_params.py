@@ -1,0 +1,85 @@
+import pytest
+import yaml
+
+from aigi import params
+from aigi.errors import AigiError
+from conftest import ROOT
+
+
+def test_project_params_load_and_defaults_run_the_real_experiment():
+    p = params.load(ROOT / "params.yaml")
+    assert p.data.source == "kaggle"
+    assert (p.model.arch, p.model.pretrained) == ("ViT-B-32", "openai")
+    assert (p.preprocess.train_per_class, p.preprocess.test_per_class) == (8000, 2000)
+    assert p.finetune.method == "contrastive"
+    assert set(p.zeroshot.prompts) == {"REAL", "FAKE"}
+
+
+def test_demo_overrides_are_valid():
+    from aigi.demo import merge
+
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    demo = params.parse(merge(base, yaml.safe_load((ROOT / "params.demo.yaml").read_text())))
+    assert (demo.data.source, demo.model.arch, demo.model.pretrained) == ("synthetic", "aigi-tiny", "none")
+
+
+def test_flat_params_are_dotted():
+    flat = params.Params().flat()
+    assert flat["finetune.lr"] == 1e-5
+    assert flat["data.source"] == "kaggle"
+    assert "zeroshot.prompts" in flat and "REAL" in flat["zeroshot.prompts"]
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"finetune": {"lrr": 0.1}}, "finetune.lrr: unknown key"),
+        ({"finetune": {"lr": "fast"}}, "finetune.lr: "),
+        ({"finetune": {"lr": -1}}, "finetune.lr: Input should be greater than 0"),
+        ({"finetune": {"method": "magic"}}, "finetune.method: Input should be 'contrastive', 'linear_probe' or 'full'"),
+        ({"preprocess": {"train_per_class": "most"}}, "preprocess.train_per_class"),
+        ({"preprocess": {"val_fraction": 1.5}}, "preprocess.val_fraction: Input should be less than 1"),
+        ({"data": {"source": "local"}}, "data.source 'local' needs data.path"),
+        ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda, cuda:N or mps"),
+        ({"zeroshot": {"prompts": {"REAL": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for FAKE"),
+        ({"sed": 1}, "sed: unknown key"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
+    with pytest.raises(AigiError) as err:
+        params.parse(raw, "params.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("params.yaml: ")
+    assert expected in msg
+
+
+def test_all_is_accepted_for_per_class_sizes():
+    p = params.parse({"preprocess": {"train_per_class": "all", "test_per_class": 10}})
+    assert p.preprocess.train_per_class == "all"
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(AigiError, match="not found"):
+        params.load(tmp_path / "params.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("finetune: [unclosed\n")
+    with pytest.raises(AigiError, match="not valid YAML at line"):
+        params.load(bad)
+
+
+def test_stage_prints_one_line_and_exits_1(tmp_path, monkeypatch, capsys):
+    from aigi.errors import exits_cleanly
+
+    (tmp_path / "params.yaml").write_text("finetune:\n  lr: -3\n")
+    monkeypatch.chdir(tmp_path)
+
+    @exits_cleanly
+    def main():
+        params.load()
+
+    with pytest.raises(SystemExit) as code:
+        main()
+    assert code.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: params.yaml: finetune.lr")

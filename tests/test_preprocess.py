@@ -1,0 +1,84 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from aigi.data import preprocess
+from aigi.data.store import ArrayWriter, load_split
+from aigi.errors import AigiError
+from aigi.params import PreprocessParams
+
+
+def _run(raw, out, **kw):
+    cfg = PreprocessParams(**{"train_per_class": "all", "test_per_class": "all", "workers": 2, "chunk_size": 16, **kw})
+    return preprocess.run(raw, out, cfg, seed=3, image_size=48)
+
+
+def test_splits_counts_arrays_and_manifest(synthetic_raw, tmp_path):
+    out = tmp_path / "processed"
+    manifest = _run(synthetic_raw, out, train_per_class=30, test_per_class=10, val_fraction=0.2)
+    assert manifest["splits"]["train"]["per_class"] == {"REAL": 24, "FAKE": 24}
+    assert manifest["splits"]["val"]["per_class"] == {"REAL": 6, "FAKE": 6}
+    assert manifest["splits"]["test"]["per_class"] == {"REAL": 10, "FAKE": 10}
+    images, table = load_split(out, "train")
+    assert images.shape == (48, 48, 48, 3) and images.dtype == np.uint8
+    assert isinstance(images, np.memmap)
+    assert set(table.columns) == {"file", "label", "label_name"}
+    # train, val and test never share a file
+    files = {s: set(load_split(out, s)[1]["file"]) for s in ("train", "val", "test")}
+    assert not files["train"] & files["val"] and all(f.startswith("test/") for f in files["test"])
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["image_size"] == 48 and "bicubic" in saved["interpolation"]
+    assert len(saved["splits"]["test"]["pixels_sha256"]) == 64
+    assert not (tmp_path / "processed.partial").exists()
+
+
+def test_same_seed_same_output(synthetic_raw, tmp_path):
+    a = _run(synthetic_raw, tmp_path / "a", train_per_class=20, test_per_class=5)
+    b = _run(synthetic_raw, tmp_path / "b", train_per_class=20, test_per_class=5)
+    assert a["splits"] == b["splits"]
+
+
+def test_too_many_requested_names_the_key(synthetic_raw, tmp_path):
+    with pytest.raises(AigiError, match="preprocess.train_per_class is 1000 but train/REAL has only 40"):
+        _run(synthetic_raw, tmp_path / "p", train_per_class=1000)
+
+
+def test_duplicates_reported_and_train_copies_of_test_dropped(synthetic_raw, tmp_path):
+    shutil.copy(synthetic_raw / "test" / "FAKE" / "0000.png", synthetic_raw / "train" / "FAKE" / "dup-of-test.png")
+    shutil.copy(synthetic_raw / "train" / "REAL" / "0000.png", synthetic_raw / "train" / "REAL" / "dup.png")
+    m = _run(synthetic_raw, tmp_path / "p")
+    d = m["duplicates"]
+    assert d["train_test_shared"] == 1 and d["train_copies_of_test_dropped"] == 1
+    assert d["within_train_dropped"] == 1
+    assert m["splits"]["train"]["count"] + m["splits"]["val"]["count"] == 80
+    kept = _run(synthetic_raw, tmp_path / "q", drop_train_duplicates_of_test=False)
+    assert kept["duplicates"]["train_copies_of_test_dropped"] == 0
+    assert kept["splits"]["train"]["count"] + kept["splits"]["val"]["count"] == 81
+
+
+def test_bad_images_skipped_and_listed_or_fail(synthetic_raw, tmp_path):
+    (synthetic_raw / "test" / "REAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (synthetic_raw / "test" / "REAL" / "readme.txt").write_text("not an image")
+    m = _run(synthetic_raw, tmp_path / "p")
+    assert m["skipped"] == [{"file": "test/REAL/broken.jpg", "reason": m["skipped"][0]["reason"]}]
+    assert m["splits"]["test"]["per_class"]["REAL"] == 12 and m["ignored_non_image_files"] == 1
+    assert len(np.load(tmp_path / "p" / "test.npy", mmap_mode="r")) == 24
+    with pytest.raises(AigiError, match=r"test/REAL/broken.jpg: .*set preprocess.on_bad_image: skip"):
+        _run(synthetic_raw, tmp_path / "f", on_bad_image="fail")
+    assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
+
+
+def test_missing_raw_folder(tmp_path):
+    with pytest.raises(AigiError, match="re-run the download stage"):
+        _run(tmp_path / "nothing", tmp_path / "p")
+
+
+def test_array_writer_truncates_to_rows_written(tmp_path):
+    w = ArrayWriter(tmp_path / "x.npy", capacity=10, row_shape=(2, 2, 3))
+    w.append(np.ones((3, 2, 2, 3), np.uint8))
+    w.append(np.full((2, 2, 2, 3), 7, np.uint8))
+    w.close()
+    arr = np.load(tmp_path / "x.npy")
+    assert arr.shape == (5, 2, 2, 3) and arr[-1].max() == 7

@@ -1,0 +1,205 @@
+import io
+import json
+import os
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from aigi.data import sources
+from aigi.data.synthetic import write_synthetic
+from aigi.errors import AigiError
+from aigi.params import DataParams
+
+
+def _download(tmp_path, **data):
+    dest = tmp_path / "data" / "raw"
+    info = sources.download(DataParams(**data), 7, dest)
+    return dest, info
+
+
+def test_synthetic_is_deterministic_and_in_cifake_layout(tmp_path):
+    a, info = _download(tmp_path / "a", source="synthetic", synthetic_train_per_class=5, synthetic_test_per_class=3)
+    b, _ = _download(tmp_path / "b", source="synthetic", synthetic_train_per_class=5, synthetic_test_per_class=3)
+    assert info["counts"] == {"train/REAL": 5, "train/FAKE": 5, "test/REAL": 3, "test/FAKE": 3}
+    assert (a / "SHA256SUMS").read_text() == (b / "SHA256SUMS").read_text()
+    assert json.loads((a / "SOURCE.json").read_text())["source"] == "synthetic"
+    assert not (tmp_path / "a" / "data" / "raw.partial").exists()
+
+
+def test_synthetic_classes_differ_measurably(tmp_path):
+    import numpy as np
+
+    from aigi.data.images import load_rgb
+
+    write_synthetic(tmp_path, 30, 1, seed=1)
+
+    def checker_energy(label):
+        vals = []
+        for f in (tmp_path / "train" / label).iterdir():
+            x = load_rgb(f).astype(float).mean(axis=2)
+            vals.append(np.abs(np.diff(x, axis=1)).mean())
+        return np.mean(vals)
+
+    assert checker_energy("FAKE") > 2 * checker_energy("REAL")
+
+
+def _cifake_tree(root: Path, upper=True) -> Path:
+    write_synthetic(root, 3, 2, seed=0)
+    if not upper:  # lower-case class folders must work too
+        for split in ("train", "test"):
+            for label in ("REAL", "FAKE"):
+                (root / split / label).rename(root / split / label.lower())
+    (root / "train" / ("REAL" if upper else "real") / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_local_folder_case_insensitive_and_non_images_ignored(tmp_path):
+    tree = _cifake_tree(tmp_path / "src" / "nested", upper=False)
+    dest, info = _download(tmp_path, source="local", path=str(tree.parent))
+    assert info["counts"]["train/REAL"] == 3 and info["counts"]["test/FAKE"] == 2
+    assert info["ignored_non_image_files"] == 1
+    assert (dest / "cifake" / "train" / "REAL").is_dir()
+
+
+def test_local_zip_and_tar(tmp_path):
+    tree = _cifake_tree(tmp_path / "tree")
+    zpath = tmp_path / "cifake.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in tree.rglob("*"):
+            zf.write(f, Path("cifake") / f.relative_to(tree))
+    _, info = _download(tmp_path / "z", source="local", path=str(zpath))
+    assert info["counts"]["train/FAKE"] == 3 and len(info["archive_sha256"]) == 64
+    tpath = tmp_path / "cifake.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        tf.add(tree, arcname="cifake")
+    _, info = _download(tmp_path / "t", source="local", path=str(tpath))
+    assert info["counts"]["test/REAL"] == 2
+
+
+def test_wrong_layout_lists_what_was_found(tmp_path):
+    (tmp_path / "src" / "images" / "cats").mkdir(parents=True)
+    with pytest.raises(AigiError, match=r"no CIFAKE layout found .* found: images/, images/cats/"):
+        _download(tmp_path, source="local", path=str(tmp_path / "src"))
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
+
+
+def test_missing_local_path(tmp_path):
+    with pytest.raises(AigiError, match="does not exist"):
+        _download(tmp_path, source="local", path=str(tmp_path / "nope"))
+
+
+def _zip_with(tmp_path, name, data=b"x", symlink=False):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (0o120777 << 16)
+        zf.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/abs/path.txt", "a/../../escape.txt"])
+def test_archive_members_escaping_are_refused(tmp_path, name):
+    with pytest.raises(AigiError, match="escapes the extraction folder"):
+        sources.extract_archive(_zip_with(tmp_path, name), tmp_path / "out", 10**9, 10**6)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_archive_symlink_and_tar_device_refused(tmp_path):
+    with pytest.raises(AigiError, match="symbolic link"):
+        sources.extract_archive(_zip_with(tmp_path, "link", b"/etc/passwd", symlink=True), tmp_path / "o", 10**9, 10**6)
+    tpath = tmp_path / "dev.tar"
+    with tarfile.open(tpath, "w") as tf:
+        info = tarfile.TarInfo("dev/null")
+        info.type = tarfile.CHRTYPE
+        tf.addfile(info)
+        link = tarfile.TarInfo("ln")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc"
+    with pytest.raises(AigiError, match="device or fifo"):
+        sources.extract_archive(tpath, tmp_path / "o2", 10**9, 10**6)
+
+
+def test_archive_bombs_refused(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", b"\0" * 5_000_000)
+    with pytest.raises(AigiError, match="expands to over 1,000,000 bytes"):
+        sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
+    with pytest.raises(AigiError, match="over 0 members|over 1 members"):
+        many = tmp_path / "many.zip"
+        with zipfile.ZipFile(many, "w") as zf:
+            zf.writestr("a", b"1")
+            zf.writestr("b", b"2")
+        sources.extract_archive(many, tmp_path / "o3", 10**9, 1)
+
+
+def test_corrupt_archive(tmp_path):
+    path = tmp_path / "broken.zip"
+    path.write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(AigiError):
+        _download(tmp_path, source="local", path=str(path))
+
+
+def test_kaggle_offline_gives_one_line_with_the_local_hint(tmp_path, monkeypatch):
+    import kagglehub
+
+    def offline(handle, *a, **k):
+        raise ConnectionError("Failed to establish a new connection:\n[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(AigiError) as err:
+        _download(tmp_path, source="kaggle")
+    msg = str(err.value)
+    assert "\n" not in msg and "birdy654/cifake-real-and-ai-generated-synthetic-images" in msg
+    assert "data.source: local" in msg
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
+
+
+def test_kaggle_uses_kagglehub_cache_folder(tmp_path, monkeypatch):
+    import kagglehub
+
+    cache = _cifake_tree(tmp_path / "kagglehub" / "datasets" / "birdy654" / "cifake" / "versions" / "3")
+    calls = []
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: calls.append(handle) or str(cache))
+    _, info = _download(tmp_path, source="kaggle")
+    assert calls == ["birdy654/cifake-real-and-ai-generated-synthetic-images"]
+    assert info["counts"]["train/REAL"] == 3 and info["cache"] == str(cache)
+
+
+def test_url_source_verifies_sha256_and_caches(tmp_path, monkeypatch):
+    tree = _cifake_tree(tmp_path / "tree")
+    zpath = tmp_path / "cifake.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in tree.rglob("*"):
+            zf.write(f, f.relative_to(tree))
+    monkeypatch.setattr(sources, "CACHE", tmp_path / "cache")
+    url = zpath.as_uri()
+    _, info = _download(tmp_path / "a", source="url", url=url, sha256=sources.sha256_file(zpath))
+    assert info["counts"]["test/FAKE"] == 2
+    with pytest.raises(AigiError, match="SHA-256 mismatch"):
+        _download(tmp_path / "b", source="url", url=url, sha256="0" * 64)
+    with pytest.raises(AigiError, match="could not download"):
+        _download(tmp_path / "c", source="url", url=(tmp_path / "missing.zip").as_uri())
+
+
+def test_parquet_from_huggingface_layout(tmp_path):
+    import pandas as pd
+
+    tree = _cifake_tree(tmp_path / "tree")
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    for split in ("train", "test"):
+        rows = [{"image": {"bytes": f.read_bytes(), "path": f.name}, "label": int(label == "REAL")}
+                for label in ("REAL", "FAKE") for f in sorted((tree / split / label).glob("*.png"))]
+        pd.DataFrame(rows).to_parquet(hub / "data" / f"{split}-00000.parquet")
+    (hub / "README.md").write_text(
+        "---\ndataset_info:\n  features:\n  - name: image\n    dtype: image\n  - name: label\n"
+        "    dtype:\n      class_label:\n        names:\n          '0': FAKE\n          '1': REAL\n---\n# card\n"
+    )
+    out = tmp_path / "out"
+    sources.import_parquet(hub, out)
+    assert len(list((out / "train" / "REAL").iterdir())) == 3
+    assert len(list((out / "test" / "FAKE").iterdir())) == 2
