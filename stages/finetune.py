@@ -30,7 +30,7 @@ def main() -> None:
     dev = device.resolve(p.model.device)
     train_images, train_table = load_split(PROCESSED, "train")
     val_images, val_table = load_split(PROCESSED, "val")
-    detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, dev)
+    detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, dev, seed=p.seed)
 
     fp = fingerprint(p)
     previous = torch.load(CHECKPOINT, weights_only=True) if CHECKPOINT.is_file() else {}

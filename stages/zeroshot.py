@@ -9,7 +9,8 @@ from aigi.model import create_detector
 @exits_cleanly
 def main() -> None:
     p = params.load()
-    detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, device.resolve(p.model.device))
+    detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, device.resolve(p.model.device),
+                               seed=p.seed)
     result = score_test_split(detector, p, "zeroshot", p.zeroshot.batch_size)
     print(f"zeroshot: accuracy={result['accuracy']:.4f} roc_auc={result['roc_auc']:.4f}")
 

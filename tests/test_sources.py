@@ -39,7 +39,7 @@ def test_synthetic_classes_differ_measurably(tmp_path):
         vals = []
         for f in (tmp_path / "train" / label).iterdir():
             x = load_rgb(f).astype(float).mean(axis=2)
-            vals.append(np.abs(np.diff(x, axis=1)).mean())
+            vals.append(np.abs(np.diff(x, axis=0)).mean())
         return np.mean(vals)
 
     assert checker_energy("FAKE") > 2 * checker_energy("REAL")

@@ -111,9 +111,15 @@ class Detector(nn.Module):
         self.head.bias.zero_()
 
 
-def create_detector(arch: str, pretrained: str, prompts: dict[str, list[str]], device: torch.device) -> Detector:
-    """A fresh detector: open_clip `arch` with `pretrained` weights and the zero-shot head for `prompts`."""
+def create_detector(
+    arch: str, pretrained: str, prompts: dict[str, list[str]], device: torch.device, seed: int = 0
+) -> Detector:
+    """A fresh detector: open_clip `arch` with `pretrained` weights and the zero-shot head for `prompts`.
+
+    Random initialisation (`pretrained: none`) is seeded, so zeroshot and finetune start from the same model.
+    """
     name = resolve_arch(arch)
+    torch.manual_seed(seed)
     weights = None if pretrained.lower() == "none" else pretrained
     try:
         clip = open_clip.create_model(name, pretrained=weights, device=device)

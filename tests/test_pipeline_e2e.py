@@ -1,0 +1,116 @@
+"""End to end: the demo pipeline (`dvc repro`, synthetic data, tiny CLIP) in a temporary copy of the project."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aigi import demo
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def _repro(project: Path, env: dict, *args: str) -> tuple[list[str], str]:
+    """Run `dvc repro`; return the stages that ran and the output."""
+    res = subprocess.run([sys.executable, "-m", "dvc", "repro", *args], cwd=project, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return re.findall(r"Running stage '(\w+)'", res.stdout), res.stdout
+
+
+def _runs(uri: str, experiment: str):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The project copied into a fresh git repo with the demo params; the first `dvc repro` already run."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    project = tmp / "project"
+    demo.prepare(ROOT, project)
+    env = demo.stage_env(ROOT)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    ran, _ = _repro(project, env)
+    return project, env, ran
+
+
+def test_first_repro_runs_every_stage(project):
+    _, _, ran = project
+    assert ran == ["download", "preprocess", "zeroshot", "finetune", "evaluate", "report"]
+
+
+def test_metrics_and_fine_tuning_beats_zero_shot(project):
+    root, _, _ = project
+    zs = json.loads((root / "metrics" / "zeroshot.json").read_text())
+    ft = json.loads((root / "metrics" / "eval.json").read_text())
+    for m in (zs, ft):
+        assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion", "ci95"} <= set(m)
+        assert sum(m["confusion"].values()) == m["n"] == 400
+    assert ft["accuracy"] >= zs["accuracy"] + 0.2, (zs["accuracy"], ft["accuracy"])
+    for path in ("plots/eval/roc.csv", "plots/eval/confusion.csv", "plots/zeroshot/pr.csv",
+                 "plots/train/loss.csv", "plots/train/accuracy.csv", "models/finetuned/detector.json",
+                 "data/raw/SOURCE.json", "data/processed/manifest.json"):
+        assert (root / path).is_file(), path
+    assert not (root / "models" / "checkpoints" / "finetune.pt").exists()  # only declared outs remain
+
+
+def test_report_is_self_contained(project):
+    root, _, _ = project
+    md = (root / "reports" / "report.md").read_text()
+    html = (root / "reports" / "report.html").read_text()
+    assert "Zero-shot vs fine-tuned" in md and "| accuracy |" in md
+    assert "data:image/png;base64," in html
+    assert not re.search(r"<img[^>]+src=\"(?!data:)", html)
+
+
+def test_mlflow_run_holds_params_metrics_and_model(project):
+    root, env, _ = project
+    runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == (root / "models" / "finetuned" / "run_id").read_text().strip()
+    p = run.data.params
+    assert p["finetune.method"] == "contrastive" and p["model.arch"] == "aigi-tiny" and p["seed"] == "42"
+    m = run.data.metrics
+    assert {"zeroshot_accuracy", "test_accuracy", "test_roc_auc", "zeroshot_roc_auc", "val_accuracy"} <= set(m)
+    assert len(run.data.tags["git_commit"]) == 40
+    assert run.data.tags["dvc_data_version"].startswith("md5:")
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [h.step for h in history] == list(range(1, 7))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"finetuned", "plots", "report", "metrics"} <= artifacts
+    model_files = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned")}
+    assert "finetuned/head.safetensors" in model_files and "finetuned/clip" in model_files
+
+
+def test_second_repro_does_nothing_and_adds_no_run(project):
+    root, env, _ = project
+    ran, out = _repro(root, env)
+    assert ran == []
+    assert len(_runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")) == 1
+
+
+def test_changing_a_finetune_param_reruns_only_its_descendants(project):
+    root, env, _ = project
+    res = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.epochs=2"], cwd=root,
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ran = re.findall(r"Running stage '(\w+)'", res.stdout)
+    assert ran == ["finetune", "evaluate", "report"]
+    runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
+    assert len(runs) == 2
+    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert show.returncode == 0 and "metrics/eval.json" in show.stdout
+
