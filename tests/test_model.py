@@ -42,9 +42,9 @@ def test_wrong_image_size_is_a_clear_error(tiny):
 
 
 def test_unknown_arch_and_unloadable_weights(tiny_prompts, tmp_path):
-    with pytest.raises(AigiError, match="model.arch 'ViT-Q-99' is not a known open_clip model"):
+    with pytest.raises(AigiError, match=r"model.arch 'ViT-Q-99' is not a known open_clip model"):
         resolve_arch("ViT-Q-99")
-    with pytest.raises(AigiError, match="model.pretrained 'no-such-tag'.*`none` for random init"):
+    with pytest.raises(AigiError, match=r"model.pretrained 'no-such-tag'.*`none` for random init"):
         create_detector(TINY, "no-such-tag", tiny_prompts, torch.device("cpu"))
     with pytest.raises(AigiError, match="no such model-config JSON"):
         resolve_arch(str(tmp_path / "custom.json"))

@@ -1,9 +1,9 @@
 import pytest
 import yaml
+from conftest import ROOT
 
 from aigi import params
 from aigi.errors import AigiError
-from conftest import ROOT
 
 
 def test_project_params_load_and_defaults_run_the_real_experiment():

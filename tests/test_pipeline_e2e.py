@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from aigi import demo
-from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +96,7 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
 
 def test_second_repro_does_nothing_and_adds_no_run(project):
     root, env, _ = project
-    ran, out = _repro(root, env)
+    ran, _ = _repro(root, env)
     assert ran == []
     assert len(_runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")) == 1
 

@@ -41,7 +41,7 @@ def test_same_seed_same_output(synthetic_raw, tmp_path):
 
 
 def test_too_many_requested_names_the_key(synthetic_raw, tmp_path):
-    with pytest.raises(AigiError, match="preprocess.train_per_class is 1000 but train/REAL has only 40"):
+    with pytest.raises(AigiError, match=r"preprocess.train_per_class is 1000 but train/REAL has only 40"):
         _run(synthetic_raw, tmp_path / "p", train_per_class=1000)
 
 

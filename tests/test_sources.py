@@ -1,6 +1,4 @@
-import io
 import json
-import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -128,7 +126,7 @@ def test_archive_bombs_refused(tmp_path):
         zf.writestr("big.bin", b"\0" * 5_000_000)
     with pytest.raises(AigiError, match="expands to over 1,000,000 bytes"):
         sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
-    with pytest.raises(AigiError, match="over 0 members|over 1 members"):
+    with pytest.raises(AigiError, match=r"over 1 members"):
         many = tmp_path / "many.zip"
         with zipfile.ZipFile(many, "w") as zf:
             zf.writestr("a", b"1")

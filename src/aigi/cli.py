@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
 from pathlib import Path
 
-from aigi.errors import AigiError, exits_cleanly
+from aigi.errors import exits_cleanly
 from aigi.paths import MODEL_DIR, project_root
 
 
@@ -20,34 +21,39 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from aigi.progress import progress
-
     from aigi import device
     from aigi.model import load_detector
     from aigi.predict import expand, predict_paths
+    from aigi.progress import progress
 
     files = expand(args.paths)
     model_dir = Path(args.model) if args.model else project_root() / MODEL_DIR
     detector, _ = load_detector(model_dir, device.resolve(args.device))
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    writer = csv.DictWriter(out, ["path", "p_fake", "label", "error"]) if args.format == "csv" else None
+    rows = progress(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
+                    desc="predict", unit="img", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
+        failed = write_rows(rows, out, args.format)
+    if failed:
+        print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_rows(rows, out, fmt: str) -> int:
+    """Write prediction rows as CSV or JSON lines; unreadable files also go to stderr. Returns their count."""
+    writer = csv.DictWriter(out, ["path", "p_fake", "label", "error"]) if fmt == "csv" else None
     if writer:
         writer.writeheader()
     failed = 0
-    for row in progress(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
-                    desc="predict", unit="img", disable=None, file=sys.stderr):
-        failed += "error" in row
+    for row in rows:
         if "error" in row:
+            failed += 1
             print(f"error: {row['path']}: {row['error']}", file=sys.stderr)
         if writer:
             writer.writerow(row)
         else:
             out.write(json.dumps(row) + "\n")
-    if out is not sys.stdout:
-        out.close()
-    if failed:
-        print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
-    return 1 if failed else 0
+    return failed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from aigi.progress import progress
 
 from aigi.device import autocast
 from aigi.model import Detector
+from aigi.progress import progress
 
 
 @torch.no_grad()

@@ -48,7 +48,8 @@ def predict_paths(
             except BadImage as e:
                 decoded.append((f, None, str(e)))
         good = [img for _, img, _ in decoded if img is not None]
-        probs = iter(predict_proba(detector, to_model_input(good, detector.image_size), batch_size)) if good else iter(())
+        pixels = to_model_input(good, detector.image_size)
+        probs = iter(predict_proba(detector, pixels, batch_size)) if good else iter(())
         for f, img, err in decoded:
             if img is None:
                 yield {"path": str(f), "error": err}

@@ -106,7 +106,8 @@ def build(
         f"- Resolution {manifest['image_size']} px, {manifest['interpolation']}",
         f"- Exact duplicates: {dup.get('train_test_shared', 0)} shared by train and test "
         f"({dup.get('train_copies_of_test_dropped', 0)} train copies dropped); "
-        f"{dup.get('within_train_dropped', 0)} within train and {dup.get('within_test_dropped', 0)} within test dropped",
+        f"{dup.get('within_train_dropped', 0)} within train and "
+        f"{dup.get('within_test_dropped', 0)} within test dropped",
         f"- Skipped unreadable images: {len(manifest.get('skipped', []))}",
         "",
         "## Figures",

@@ -23,7 +23,7 @@ from aigi.params import Params
 from aigi.paths import PROCESSED, project_root, user_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-import mlflow  # noqa: E402  (after the telemetry switch)
+import mlflow
 
 RUN_ID_FILE = "run_id"  # inside models/finetuned/: the MLflow run the later stages log into
 

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from aigi.progress import progress
 
 from aigi.device import autocast
 from aigi.model import Detector
 from aigi.params import FinetuneParams
+from aigi.progress import progress
 
 
 @dataclass
@@ -182,8 +182,7 @@ def train(
         flip_gen = torch.Generator(device=device).manual_seed(seed * 1000 + epoch)
         seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
         bar = progress(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
-        micro = 0
-        for x, y in batches(train_images, train_labels, cfg.batch_size, order, device):
+        for micro, (x, y) in enumerate(batches(train_images, train_labels, cfg.batch_size, order, device), start=1):
             if cfg.augment_flip:  # horizontal flip of a random half, on the device
                 flip = torch.rand(len(x), generator=flip_gen, device=device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(2), x)
@@ -191,7 +190,6 @@ def train(
                 logits = logits_fn(x).float()
             loss = F.cross_entropy(logits, y)
             (loss / cfg.grad_accum_steps).backward()
-            micro += 1
             if micro % cfg.grad_accum_steps == 0 or seen + len(y) == len(order):
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

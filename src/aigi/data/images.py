@@ -102,7 +102,7 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device."""
     x = torch.as_tensor(batch)
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
     rows = torch.from_numpy(resize_matrix(h, size)).to(x.device)

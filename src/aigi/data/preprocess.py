@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from aigi.progress import progress
 
 from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, atomic_dir
 from aigi.errors import AigiError
 from aigi.params import CLASSES, PreprocessParams
+from aigi.progress import progress
 
 
 @dataclass

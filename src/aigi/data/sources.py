@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aigi.progress import progress
 
 from aigi.data.images import is_image_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError
 from aigi.params import CLASSES, DataParams
+from aigi.progress import progress
 
 SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -301,9 +301,10 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                             dst.write(chunk)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                count = total = 0
-                for member in progress(tf, desc=f"extract {archive.name}", unit="file", leave=False):
-                    count += 1
+                total = 0
+                for count, member in enumerate(
+                    progress(tf, desc=f"extract {archive.name}", unit="file", leave=False), start=1
+                ):
                     total += max(member.size, 0)
                     limits(count, total)
                     target = check(member.name)

@@ -1,11 +1,11 @@
 """A synthetic stand-in for CIFAKE, for the offline demo and the tests.
 
 REAL and FAKE images share one generator of smooth, colourful "scenes"; FAKE images then carry the
-fingerprints that real generators leave: a faint period-2 interleaving pattern
-(the periodic artefacts of transposed-convolution upsampling) and over-saturated colour. The difference is genuine and learnable, but not
-visible to a model that has not been trained on it, so fine-tuning must beat zero-shot. The artefact
-alternates along rows only, so it survives the horizontal flips that training uses as augmentation
-(a full checkerboard would change phase under a flip of an even-width image).
+fingerprints that real generators leave: a faint period-2 interleaving pattern (the periodic
+artefacts of transposed-convolution upsampling) and over-saturated colour. The difference is genuine
+and learnable, but not visible to a model that has not been trained on it, so fine-tuning must beat
+zero-shot. The artefact alternates along rows only, so it survives the horizontal flips that training
+uses as augmentation (a checkerboard would change phase under a flip of an even-width image).
 Deterministic by seed; written as PNG files in the CIFAKE layout so every later stage treats it
 exactly like the real data.
 """
