@@ -84,7 +84,8 @@ def test_each_method_trains_only_its_parts(tiny_prompts, data):
     # the head is rebuilt from the (unchanged) text embeddings and the trained logit scale
     assert parts(changed(start, locked.state_dict())) == {"head", "visual", "logit_scale"}
     both, _ = run(tiny_prompts, data, method="contrastive", epochs=1)
-    assert {"visual", "transformer", "token_embedding", "logit_scale", "head"} <= parts(changed(start, both.state_dict()))
+    text_and_image = {"visual", "transformer", "token_embedding", "logit_scale", "head"}
+    assert text_and_image <= parts(changed(start, both.state_dict()))
 
 
 def test_unlocked_layers_trains_the_last_blocks_and_what_follows(tiny_prompts, data):

@@ -31,11 +31,14 @@ class World:
         return self.size > 1
 
 
+SINGLE = World()  # a plain `python stages/finetune.py`
+
+
 def world() -> World:
     """This process's place, from torchrun's environment (a world of one without torchrun)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World()
+        return SINGLE
     return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from aigi import distributed
 from aigi.device import autocast, maybe_resident
-from aigi.distributed import World
+from aigi.distributed import SINGLE, World
 from aigi.errors import AigiError
 from aigi.model import Detector
 from aigi.params import FinetuneParams
@@ -192,7 +192,7 @@ def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, w: World = World()) -> tuple[float, float]:
+def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, w: World = SINGLE) -> tuple[float, float]:
     """Mean cross-entropy and accuracy; under torchrun each rank scores a shard and the sums are all-reduced."""
     sums = torch.zeros(3, device=device)
     for x, y in batches(images, labels, batch_size, np.arange(w.rank, len(labels), w.size), device):
@@ -287,7 +287,7 @@ def train(
     resume: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     extra_state: dict[str, Any] | None = None,
-    world: World = World(),
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train `detector` in place and return the per-epoch history.
 
