@@ -1,63 +1,83 @@
-"""Stage finetune: train the detector (finetune.method), save it to models/finetuned/, open its MLflow run."""
+"""Stage finetune: train the detector (finetune.method), save it to models/finetuned/, open its MLflow run.
 
+Resumes from models/checkpoints/finetune.pt (and into the same MLflow run) after an interruption.
+Multi-GPU: `torchrun --nproc_per_node=N stages/finetune.py`; rank 0 alone logs, checkpoints and saves.
+"""
+
+import contextlib
 import hashlib
 import json
 
 import mlflow
-import torch
 
-from aigi import device, params, tracking
+from aigi import device, distributed, params, tracking
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
 from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED
 from aigi.plots import write_training_curves
-from aigi.train import train
+from aigi.train import load_checkpoint, train
 
 CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
 
 
-def fingerprint(p: params.Params) -> str:
-    """What a checkpoint must match to be resumed: the params this stage reads and the data."""
+def fingerprint(p: params.Params, world_size: int) -> str:
+    """What a checkpoint must match to be resumed: the params this stage reads, the data, the process count."""
     keys = {"seed": p.seed, "model": p.model.model_dump(), "prompts": p.zeroshot.prompts,
-            "finetune": p.finetune.model_dump(), "data": (PROCESSED / "manifest.json").read_text()}
+            "finetune": p.finetune.model_dump(), "data": (PROCESSED / "manifest.json").read_text(),
+            "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
 @exits_cleanly
 def main() -> None:
     p = params.load()
-    dev = device.resolve(p.model.device)
+    world, dev = distributed.init(device.resolve(p.model.device))
+    try:
+        run(p, world, dev)
+    finally:
+        distributed.shutdown()
+
+
+def run(p: params.Params, world: distributed.World, dev) -> None:
     train_images, train_table = load_split(PROCESSED, "train")
     val_images, val_table = load_split(PROCESSED, "val")
     detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, dev, seed=p.seed)
 
-    fp = fingerprint(p)
-    previous = torch.load(CHECKPOINT, weights_only=True) if CHECKPOINT.is_file() else {}
-    run_id = previous.get("run_id") if previous.get("fingerprint") == fp else None
+    fp = fingerprint(p, world.size)
+    resume = load_checkpoint(CHECKPOINT, fp)
+    run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
 
-    with tracking.start_training_run(p, run_id) as run:
+    with tracking.start_training_run(p, run_id) if world.is_main else contextlib.nullcontext() as mlrun:
         def log_epoch(row: dict) -> None:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
         result = train(
             detector, (train_images, train_table["label"].to_numpy()), (val_images, val_table["label"].to_numpy()),
-            p.finetune, p.zeroshot.prompts, p.seed, checkpoint=CHECKPOINT, fingerprint=fp,
-            on_epoch=log_epoch, extra_state={"run_id": run.info.run_id},
+            p.finetune, p.zeroshot.prompts, p.seed, checkpoint=CHECKPOINT, fingerprint=fp, resume=resume,
+            on_epoch=log_epoch, extra_state={"run_id": mlrun.info.run_id if mlrun else None}, world=world,
         )
+        if not world.is_main:
+            return
         with atomic_dir(MODEL_DIR) as out:
             save_detector(detector, out, {
                 "arch": p.model.arch, "pretrained": p.model.pretrained, "method": p.finetune.method,
-                "prompts": p.zeroshot.prompts, "best_epoch": result.best_epoch, "mlflow_run_id": run.info.run_id,
+                "prompts": p.zeroshot.prompts, "best_epoch": result.best_epoch, "wise_alpha": p.finetune.wise_alpha,
+                "mlflow_run_id": mlrun.info.run_id,
             })
-            (out / tracking.RUN_ID_FILE).write_text(run.info.run_id + "\n")
+            (out / tracking.RUN_ID_FILE).write_text(mlrun.info.run_id + "\n")
         write_training_curves(PLOTS / "train", result.history)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early)})
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
+                            **{f"final_{k}": v for k, v in result.final_val.items()}})
         mlflow.log_artifacts(str(MODEL_DIR), "finetuned")
         mlflow.log_artifacts(str(PLOTS / "train"), "plots/train")
     CHECKPOINT.unlink(missing_ok=True)  # a finished stage leaves only its declared outs
-    best = result.history[result.best_epoch - 1]
-    print(f"finetune: best epoch {result.best_epoch}: val_accuracy={best['val_accuracy']:.4f}; run {run.info.run_id}")
+    CHECKPOINT.with_name(CHECKPOINT.name + ".tmp").unlink(missing_ok=True)
+    if CHECKPOINT_DIR.is_dir() and not any(CHECKPOINT_DIR.iterdir()):
+        CHECKPOINT_DIR.rmdir()
+    final = result.final_val
+    print(f"finetune: best epoch {result.best_epoch}; saved model val_accuracy={final['val_accuracy']:.4f} "
+          f"(wise_alpha={p.finetune.wise_alpha}); run {mlrun.info.run_id}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from aigi.errors import AigiError
@@ -27,3 +28,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def maybe_resident(images: np.ndarray, device: torch.device, share: float = 0.5) -> np.ndarray | torch.Tensor:
+    """A whole uint8 split on the GPU when it takes under `share` of the free memory (one copy, then
+    batches are gathered on the device); otherwise the memory-mapped array, sliced per batch."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if images.nbytes < free * share:
+            return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return images

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aigi.device import autocast
+from aigi.device import autocast, maybe_resident
 from aigi.model import Detector
 from aigi.progress import progress
 
@@ -16,11 +16,15 @@ def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc:
     detector.eval()
     device = detector.mean.device
     out = np.empty(len(images), dtype=np.float64)
+    source = maybe_resident(images, device)  # on a GPU with room: one upload, then slices on the device
     with progress(total=len(images), desc=desc, unit="img", leave=False) as bar:
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.array(images[start : start + batch_size]))  # copy out of the memmap
-            if device.type == "cuda":
-                batch = batch.pin_memory()
+            if isinstance(source, torch.Tensor):
+                batch = source[start : start + batch_size]
+            else:
+                batch = torch.from_numpy(np.array(source[start : start + batch_size]))  # copy out of the memmap
+                if device.type == "cuda":
+                    batch = batch.pin_memory()
             with autocast(device):
                 logits = detector(batch.to(device, non_blocking=True))
             out[start : start + len(batch)] = logits.float().softmax(dim=1)[:, 1].cpu().numpy()

@@ -100,6 +100,17 @@ class FinetuneParams(Section):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 2  # epochs without val gain; 0 = off
     augment_flip: bool = True
     eval_batch_size: Annotated[int, Field(gt=0)] = 256
+    unlocked_layers: Annotated[int, Field(ge=0)] | None = None  # last N image-tower blocks train; 0/None = all
+    lock_text: bool = False  # contrastive: keep the text tower (class prompt embeddings) fixed
+    wise_alpha: Annotated[float, Field(ge=0, le=1)] = 1.0  # WiSE-FT weight of the fine-tuned model; 1 = off
+    compile: bool = False  # torch.compile the training forward
+
+    @model_validator(mode="after")
+    def _method_knobs(self) -> FinetuneParams:
+        if self.method == "linear_probe" and self.unlocked_layers:
+            raise ValueError("unlocked_layers does not apply to linear_probe (its image tower is frozen); "
+                             "set it to null or use method full or contrastive")
+        return self
 
 
 class EvaluateParams(Section):

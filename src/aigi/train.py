@@ -1,23 +1,31 @@
-"""Fine-tune a CLIP detector. Read top to bottom: setup, then one loop over epochs.
+"""Fine-tune a CLIP detector. Read top to bottom: what trains, the forward, the data, then one loop over epochs.
 
 Methods (`finetune.method`):
 - contrastive: both towers trained with CLIP's own objective, restricted to the class prompts.
   With two classes, in-batch image-text pairs of the same class would be false negatives, so each
   image is scored against the two class-prompt embeddings (recomputed every step, with gradients
   through the text tower) and trained with cross-entropy over classes, as in FLYP (Goyal et al., 2023).
+  `lock_text` freezes the text tower: the prompt embeddings are then computed once.
 - linear_probe: frozen CLIP, only the 2-way head trains (initialised from the zero-shot text weights).
-- full: image tower + head, cross-entropy; the text tower is not used.
+- full: image tower + head, cross-entropy. The text tower is always locked: it only initialised the head.
+`unlocked_layers` (contrastive, full) trains only the image tower's last N blocks; `wise_alpha` < 1
+interpolates the result with the zero-shot weights (WiSE-FT, Wortsman et al., 2022).
 
-Every epoch ends with a validation pass, a checkpoint written atomically (resume after a crash) and
-a callback (the stage logs to MLflow). Early stopping restores the best epoch's weights.
+Every epoch ends with a validation pass, a callback (the stage logs to MLflow) and a checkpoint
+written atomically; a re-run with the same params resumes from it. Early stopping restores the best
+epoch's weights. Under `torchrun` (see aigi.distributed) every rank trains on a disjoint shard of
+the epoch's permutation through DistributedDataParallel; metrics are summed over ranks; rank 0
+alone writes the checkpoint.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
+import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from aigi.device import autocast
+from aigi import distributed
+from aigi.device import autocast, maybe_resident
+from aigi.distributed import SINGLE, World
+from aigi.errors import AigiError
 from aigi.model import Detector
 from aigi.params import FinetuneParams
 from aigi.progress import progress
+
+# Test hook: exit abruptly (no cleanup, like a killed process) right after this epoch's checkpoint.
+CRASH_AFTER_EPOCH_ENV = "AIGI_FINETUNE_CRASH_AFTER_EPOCH"
+CRASH_EXIT_CODE = 75
 
 
 @dataclass
@@ -37,23 +53,62 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    final_val: dict[str, float] = field(default_factory=dict)  # validation of the returned weights (after WiSE-FT)
 
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
-def trainable_parameters(detector: Detector, method: str) -> list[torch.nn.Parameter]:
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Every random draw of an epoch derives from this, so a resumed run draws exactly the same numbers."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+# ---- what trains -------------------------------------------------------------------------------------------
+
+STEM = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.", "patch_dropout")
+
+
+def unlock_image_tower(visual: nn.Module, unlocked_layers: int | None) -> None:
+    """The whole image tower, or only its last N transformer blocks plus what follows them.
+
+    What follows the blocks (final norm, projection, attention pooling) maps their output to the
+    embedding the head reads, so it always trains; the stem (patch embedding, class and position
+    embeddings, pre-norm) trains only when every block does.
+    """
+    visual.requires_grad_(True)
+    if not unlocked_layers:
+        return
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is None:
+        raise AigiError(f"finetune.unlocked_layers needs a ViT image tower (transformer blocks); this model's is "
+                        f"{type(visual).__name__}: set finetune.unlocked_layers to null")
+    first = len(blocks) - unlocked_layers
+    if first <= 0:
+        return
+    for name, p in visual.named_parameters():
+        if name.startswith("transformer.resblocks."):
+            p.requires_grad_(int(name.split(".")[2]) >= first)
+        else:
+            p.requires_grad_(not name.startswith(STEM))
+
+
+def trainable_parameters(detector: Detector, cfg: FinetuneParams) -> list[torch.nn.Parameter]:
     """Freeze what the method does not train; return what it does."""
     detector.requires_grad_(False)
-    parts = {
-        "contrastive": [detector.clip],
-        "linear_probe": [detector.head],
-        "full": [detector.clip.visual, detector.head],
-    }[method]
-    for part in parts:
-        part.requires_grad_(True)
+    if cfg.method == "linear_probe":
+        detector.head.requires_grad_(True)
+    elif cfg.method == "full":
+        unlock_image_tower(detector.clip.visual, cfg.unlocked_layers)
+        detector.head.requires_grad_(True)
+    else:  # contrastive: image tower, text tower (unless locked) and the logit scale; the head is unused
+        if not cfg.lock_text:
+            detector.clip.requires_grad_(True)
+        unlock_image_tower(detector.clip.visual, cfg.unlocked_layers)
+        detector.clip.logit_scale.requires_grad_(True)
     return [p for p in detector.parameters() if p.requires_grad]
 
 
@@ -80,18 +135,38 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], f
     return factor
 
 
-def class_logits(detector: Detector, method: str, prompts: dict[str, list[str]]) -> Callable:
-    """logits(pixels) for training: contrastive scores against live text embeddings, else the head."""
-    if method == "contrastive":
-        def logits(pixels: torch.Tensor) -> torch.Tensor:
-            text = detector.class_embeddings(prompts)
-            return detector.logit_scale() * detector.features(pixels).float() @ text.T
-        return logits
-    return detector
+# ---- the forward -------------------------------------------------------------------------------------------
 
 
-def batches(images, labels: np.ndarray, batch_size: int, order: np.ndarray, device: torch.device):
-    """Slices of the uint8 array (memory-mapped or resident on the device) moved once per batch."""
+class ClassLogits(nn.Module):
+    """pixels -> class logits for the method, as one module, so that DDP and torch.compile see
+    every trained parameter (text tower included) used in a single forward."""
+
+    def __init__(self, detector: Detector, method: str, prompts: dict[str, list[str]], text_trainable: bool):
+        super().__init__()
+        self.detector, self.method, self.prompts, self.text_trainable = detector, method, prompts, text_trainable
+        self.fixed_text = None
+        if method == "contrastive":
+            with torch.no_grad():  # tokenises once, outside any compiled region; the embedding if locked
+                fixed = detector.class_embeddings(prompts)
+            self.fixed_text = None if text_trainable else fixed
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.method != "contrastive":
+            return self.detector(pixels)
+        text = self.detector.class_embeddings(self.prompts) if self.fixed_text is None else self.fixed_text
+        return self.detector.logit_scale() * self.detector.features(pixels).float() @ text.T
+
+
+# ---- the data ----------------------------------------------------------------------------------------------
+
+
+def batches(images, labels: np.ndarray, batch_size: int, order: np.ndarray, device: torch.device) -> Iterator:
+    """Slices of the uint8 array (memory-mapped or resident on the device) moved once per batch.
+
+    One fancy-index per batch (C, not a Python loop over images); normalising and augmenting happen
+    on the device, inside the model's forward.
+    """
     for start in range(0, len(order), batch_size):
         idx = np.sort(order[start : start + batch_size])  # sorted: sequential reads from the memmap
         if isinstance(images, torch.Tensor):
@@ -103,32 +178,101 @@ def batches(images, labels: np.ndarray, batch_size: int, order: np.ndarray, devi
         yield x.to(device, non_blocking=True), torch.from_numpy(labels[idx]).to(device, non_blocking=True)
 
 
-def maybe_resident(images: np.ndarray, device: torch.device) -> np.ndarray | torch.Tensor:
-    """Put a whole split on the GPU when it takes under half the free memory; else keep the memmap."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if images.nbytes < free * 0.5:
-            return torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return images
+def shard(order: np.ndarray, w: World) -> np.ndarray:
+    """This rank's disjoint share of the epoch's order; every rank gets the same count (the few
+    left over are dropped this epoch, a different few each epoch) so all ranks take the same steps."""
+    usable = len(order) - len(order) % w.size
+    return order[w.rank : usable : w.size]
+
+
+def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal flip of a random half of an NHWC batch, on its device."""
+    flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(2), x)
 
 
 @torch.no_grad()
-def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device) -> tuple[float, float]:
-    total_loss, correct = 0.0, 0
-    for x, y in batches(images, labels, batch_size, np.arange(len(labels)), device):
+def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, w: World = SINGLE) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy; under torchrun each rank scores a shard and the sums are all-reduced."""
+    sums = torch.zeros(3, device=device)
+    for x, y in batches(images, labels, batch_size, np.arange(w.rank, len(labels), w.size), device):
         with autocast(device):
             logits = logits_fn(x).float()
-        total_loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return total_loss / len(labels), correct / len(labels)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum(),
+                             torch.tensor(len(y), device=device)])
+    loss, correct, n = distributed.all_reduce_sum(sums).tolist()
+    return loss / n, correct / n
+
+
+# ---- checkpoints and WiSE-FT -------------------------------------------------------------------------------
+
+
+def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: a crash mid-write leaves the previous checkpoint intact."""
+    """Atomic: written to a temp file, synced, then renamed; a crash mid-write leaves the previous one intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, world size)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: start over rather than crash
+        print(f"ignoring {path}: unreadable ({' '.join(str(e).split())[:120]})")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"ignoring {path}: it was written for other params, data or number of processes")
+        return None
+    return state
+
+
+def wise_ft(detector: Detector, zero_shot: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT: every floating-point weight becomes alpha * fine-tuned + (1 - alpha) * zero-shot.
+
+    The whole state is interpolated, the head included: for contrastive the zero-shot head (the
+    prompt embeddings times the logit scale) is paired with the fine-tuned head baked from the
+    trained text tower, so alpha = 0 gives back exactly the zero-shot detector and 1 the fine-tuned one.
+    """
+    state = detector.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            if value.is_floating_point():
+                value.lerp_(zero_shot[name].to(value.device), 1.0 - alpha)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def compiled(module: nn.Module, enabled: bool) -> nn.Module:
+    if not enabled:
+        return module
+    if not hasattr(torch, "compile"):
+        raise AigiError("finetune.compile needs torch >= 2.0; set finetune.compile: false")
+    return torch.compile(module)
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
 
 
 def train(
@@ -140,97 +284,142 @@ def train(
     seed: int,
     checkpoint: Path | None = None,
     fingerprint: str = "",
+    resume: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     extra_state: dict[str, Any] | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
-    """Train in place; returns the per-epoch history. Resumes from `checkpoint` if it matches `fingerprint`."""
+    """Train `detector` in place and return the per-epoch history.
+
+    `resume`: a state from `load_checkpoint` to continue from. `checkpoint`: where rank 0 writes the
+    state after every epoch (with `fingerprint` and `extra_state`, e.g. the MLflow run id).
+    """
     device = detector.mean.device
     seed_everything(seed)
+    zero_shot = cpu_copy(detector.state_dict()) if cfg.wise_alpha < 1 else None
     train_images, train_labels = train_data
     val_images, val_labels = val_data
     train_images = maybe_resident(train_images, device)
     val_images = maybe_resident(val_images, device)
 
-    params = trainable_parameters(detector, cfg.method)
+    params = trainable_parameters(detector, cfg)
     optimizer = torch.optim.AdamW(param_groups(detector, params, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = math.ceil(len(train_labels) / (cfg.batch_size * cfg.grad_accum_steps))
+    n_train = len(train_labels) // world.size
+    micro_batches = math.ceil(n_train / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_batches / cfg.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, round(total_steps * cfg.warmup_fraction))
     )
-    logits_fn = class_logits(detector, cfg.method, prompts)
 
     result = TrainResult()
     best_val, best_state, start_epoch = -1.0, None, 1
-    if checkpoint and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            detector.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            result.history, start_epoch = state["history"], state["epoch"] + 1
-            best_val, result.best_epoch = state["best_val"], state["best_epoch"]
-            best_state = state["best_model"]
-            torch.set_rng_state(state["torch_rng"])
-            print(f"resuming from {checkpoint} after epoch {state['epoch']}")
-        else:
-            print(f"ignoring {checkpoint}: it was written for other params or data")
+    if resume is not None:
+        detector.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        set_rng_state(resume["rng"], device)
+        result.history, start_epoch = resume["history"], resume["epoch"] + 1
+        best_val, result.best_epoch = resume["best_val"], resume["best_epoch"]
+        best_state = resume["best_model"] if resume["best_model"] is not None else cpu_copy(detector.state_dict())
+        if world.is_main:
+            print(f"resuming after epoch {resume['epoch']} of {cfg.epochs}")
+        stop = cfg.early_stopping_patience and resume["epoch"] - result.best_epoch >= cfg.early_stopping_patience
+        if stop:  # the crash came after early stopping had already decided
+            start_epoch, result.stopped_early = cfg.epochs + 1, True
+
+    forward = ClassLogits(detector, cfg.method, prompts, text_trainable=not cfg.lock_text)
+    model: nn.Module = forward
+    if world.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    model = compiled(model, cfg.compile)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         detector.train()
-        order = np.random.default_rng([seed, epoch]).permutation(len(train_labels))
-        flip_gen = torch.Generator(device=device).manual_seed(seed * 1000 + epoch)
-        seen, loss_sum, correct, t0 = 0, 0.0, 0, time.perf_counter()
-        bar = progress(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False)
+        torch.manual_seed(epoch_seed(seed, epoch, world.rank))  # dropout etc., per rank
+        order = shard(np.random.default_rng([seed, epoch]).permutation(len(train_labels)), world)
+        flips = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, world.rank))
+        sums = torch.zeros(3, device=device)  # loss sum, correct, seen: on the device, no sync per step
+        t0 = time.perf_counter()
+        bar = progress(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False,
+                       disable=None if world.is_main else True)
         for micro, (x, y) in enumerate(batches(train_images, train_labels, cfg.batch_size, order, device), start=1):
-            if cfg.augment_flip:  # horizontal flip of a random half, on the device
-                flip = torch.rand(len(x), generator=flip_gen, device=device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(2), x)
-            with autocast(device):
-                logits = logits_fn(x).float()
-            loss = F.cross_entropy(logits, y)
-            (loss / cfg.grad_accum_steps).backward()
-            if micro % cfg.grad_accum_steps == 0 or seen + len(y) == len(order):
+            if cfg.augment_flip:
+                x = flip_half(x, flips)
+            step_now = micro % cfg.grad_accum_steps == 0 or micro == micro_batches
+            sync = model.no_sync() if world.distributed and not step_now else contextlib.nullcontext()
+            with sync:
+                try:
+                    with autocast(device):
+                        logits = model(x).float()
+                except Exception as e:
+                    if cfg.compile and micro == 1 and epoch == start_epoch:
+                        raise AigiError(f"finetune.compile: torch.compile failed ({' '.join(str(e).split())[:200]}); "
+                                        f"set finetune.compile: false") from None
+                    raise
+                loss = F.cross_entropy(logits, y)
+                (loss / cfg.grad_accum_steps).backward()
+            if step_now:
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
+                                 torch.tensor(len(y), device=device)])
             bar.update(len(y))
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if micro % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
+        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()  # waits for the device
+        seconds = time.perf_counter() - t0
         bar.close()
 
         detector.eval()
-        val_loss, val_acc = evaluate_loss_accuracy(logits_fn, val_images, val_labels, cfg.eval_batch_size, device)
+        val_loss, val_acc = evaluate_loss_accuracy(forward, val_images, val_labels, cfg.eval_batch_size, device, world)
         row = {
             "epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
             "val_loss": val_loss, "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0],
-            "images_per_second": seen / (time.perf_counter() - t0),
+            "images_per_second": seen / seconds,
         }
         result.history.append(row)
-        print(" ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        if val_acc > best_val:
+        if world.is_main:
+            print(" ".join(f"{k}={v:.4g}" for k, v in row.items()), flush=True)
+        improved = val_acc > best_val
+        if improved:
             best_val, result.best_epoch = val_acc, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in detector.state_dict().items()})
-        if on_epoch:
+            best_state = cpu_copy(detector.state_dict())
+        if on_epoch and world.is_main:
             on_epoch(row)
-        if checkpoint:
+        if checkpoint and world.is_main:
             save_checkpoint(checkpoint, {
                 "fingerprint": fingerprint, "epoch": epoch, "history": result.history,
                 "model": detector.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "best_val": best_val, "best_epoch": result.best_epoch,
-                "best_model": best_state, "torch_rng": torch.get_rng_state(), **(extra_state or {}),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(device),
+                "best_val": best_val, "best_epoch": result.best_epoch,
+                "best_model": None if improved else best_state,  # None: the same as "model"
+                **(extra_state or {}),
             })
+            if os.environ.get(CRASH_AFTER_EPOCH_ENV) == str(epoch):
+                print(f"{CRASH_AFTER_EPOCH_ENV}={epoch}: exiting abruptly", flush=True)
+                os._exit(CRASH_EXIT_CODE)
         if cfg.early_stopping_patience and epoch - result.best_epoch >= cfg.early_stopping_patience:
             result.stopped_early = True
-            print(f"early stop: no validation gain for {cfg.early_stopping_patience} epochs")
+            if world.is_main:
+                print(f"early stop: no validation gain for {cfg.early_stopping_patience} epochs")
             break
 
     if best_state is not None:
         detector.load_state_dict(best_state)
     if cfg.method == "contrastive":
         detector.set_head_from_prompts(prompts)  # bake the trained text tower into the head
+    detector.eval()
+    if zero_shot is not None:
+        wise_ft(detector, zero_shot, cfg.wise_alpha)
+        loss, acc = evaluate_loss_accuracy(detector, val_images, val_labels, cfg.eval_batch_size, device, world)
+        result.final_val = {"val_loss": loss, "val_accuracy": acc}
+    elif result.best_epoch:
+        best = result.history[result.best_epoch - 1]
+        result.final_val = {"val_loss": best["val_loss"], "val_accuracy": best["val_accuracy"]}
     return result
