@@ -15,7 +15,7 @@ import base64
 import binascii
 import io
 import os
-import re
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from aigi.params import Params
 from aigi.predict import label_of, predict_images
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs, not a terminal
 import mlflow
 
 INPUT_COLUMN = "image"
@@ -60,6 +61,10 @@ def decode_cell(value: Any) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise BadImage("neither an existing file path nor base64-encoded image bytes") from None
     return load_rgb(data, MAX_PIXELS)
+
+
+# predict() has no type hints on purpose (the signature is explicit); MLflow warns about that at class creation.
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -136,11 +141,6 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, alias, info.registered_model_version)
     return client.get_model_version(name, info.registered_model_version)
-
-
-def is_model_uri(text: str) -> bool:
-    """`models:/name@alias`, `runs:/<id>/model` and other `scheme:/...` URIs, as opposed to a local folder."""
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None
 
 
 def load_for_predict(uri: str) -> tuple[Any, dict[str, Any]]:
