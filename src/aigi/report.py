@@ -54,8 +54,8 @@ def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, thr
     for ax, (_, r) in zip(axes.flat, wrong.iterrows(), strict=False):
         ax.imshow(images[int(r["index"])])
         subject = content_class(str(r.get("file", "")))
-        ax.set_title(f"{CLASSES[int(r['label'])]}{f' {subject}' if subject else ''}\nP(fake)={r['p_fake']:.2f}",
-                     fontsize=8)
+        ax.set_title(f"true {CLASSES[int(r['label'])]}{f', {subject}' if subject else ''}\n"
+                     f"P(fake)={r['p_fake']:.2f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
