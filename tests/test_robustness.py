@@ -78,3 +78,11 @@ def test_missing_original_is_a_clear_error(synthetic_raw, tiny_model_dir):
     with pytest.raises(AigiError, match="re-run download and preprocess"):
         robustness.evaluate_robustness(detector, synthetic_raw, ["test/REAL/gone.png"], np.array([0]),
                                        RobustnessParams(), 0.5, 0, 8)
+
+
+@pytest.mark.parametrize("bad", [{"jpeg_quality": [0]}, {"blur_sigma": [-1]}, {"rescale": [1.5]}, {"rescale": 0.5}])
+def test_bad_robustness_params_name_the_key(bad):
+    from aigi.params import parse
+
+    with pytest.raises(AigiError, match=rf"evaluate\.robustness\.{next(iter(bad))}"):
+        parse({"evaluate": {"robustness": bad}})

@@ -177,3 +177,11 @@ def test_aigi_predict_with_a_registry_uri(registered, tiny_model_dir, images, mo
         cli.main()
     assert exit_info.value.code == 1 and "cannot load the MLflow model models:/no-such-model@newest" in (
         capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("alias", ["latest", "Latest", "v3", "has space"])
+def test_reserved_or_invalid_alias_is_refused(alias):
+    from aigi.errors import AigiError
+
+    with pytest.raises(AigiError, match=r"mlflow\.model_alias"):
+        params.parse({"mlflow": {"model_alias": alias}})

@@ -15,7 +15,6 @@ import base64
 import binascii
 import io
 import os
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -61,10 +60,6 @@ def decode_cell(value: Any) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise BadImage("neither an existing file path nor base64-encoded image bytes") from None
     return load_rgb(data, MAX_PIXELS)
-
-
-# predict() has no type hints on purpose (the signature is explicit); MLflow warns about that at class creation.
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
