@@ -69,3 +69,16 @@ def test_per_content_class_accuracy():
         "cat": {"REAL": {"n": 1, "accuracy": 1.0}, "FAKE": {"n": 2, "accuracy": 0.5}},
     }
     assert "per_content_class" not in metrics.evaluate(y, p, 0.5, 0, 0, files=[*files[:4], "x/other.jpg"])
+
+
+def test_real_cifake_names_carry_all_ten_subjects():
+    import zipfile
+    from collections import Counter
+
+    from conftest import CIFAKE_SAMPLE
+
+    if not CIFAKE_SAMPLE.is_file():
+        pytest.skip("CIFAKE sample not present")
+    names = [n for n in zipfile.ZipFile(CIFAKE_SAMPLE).namelist() if n.lower().endswith(".jpg")]
+    counts = Counter(metrics.content_class(n) for n in names)
+    assert None not in counts and set(counts) == set(metrics.CIFAR10_CLASSES)
