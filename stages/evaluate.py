@@ -1,12 +1,13 @@
-"""Stage evaluate: the fine-tuned detector on the test split; logs test_* and zeroshot_* to its MLflow run."""
+"""Stage evaluate: the fine-tuned detector on the test split, clean and perturbed; logs the metrics to the
+model's MLflow run and registers the model (pyfunc) under `mlflow.registered_model` with `mlflow.model_alias`."""
 
 import json
 
 import mlflow
 
-from aigi import device, params, tracking
+from aigi import device, params, serving, tracking
 from aigi.errors import exits_cleanly
-from aigi.evaluation import mlflow_metrics, score_test_split
+from aigi.evaluation import mlflow_metrics, mlflow_robustness_metrics, score_robustness, score_test_split
 from aigi.model import load_detector
 from aigi.paths import METRICS, MODEL_DIR, PLOTS
 
@@ -16,15 +17,21 @@ def main() -> None:
     p = params.load()
     detector, _ = load_detector(MODEL_DIR, device.resolve(p.model.device))
     result = score_test_split(detector, p, "eval", p.evaluate.batch_size)
+    robust = score_robustness(detector, p, result)
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
     with tracking.model_run(p, MODEL_DIR):
-        mlflow.log_metrics({**mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_")})
-        for name in ("eval", "zeroshot"):
+        mlflow.log_metrics({**mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
+                            **mlflow_robustness_metrics(robust)})
+        for name in ("eval", "zeroshot", "robustness"):
             mlflow.log_artifacts(str(PLOTS / name), f"plots/{name}")
-        mlflow.log_artifact(str(METRICS / "eval.json"), "metrics")
-        mlflow.log_artifact(str(METRICS / "zeroshot.json"), "metrics")
+        for name in ("eval", "zeroshot", "robustness"):
+            mlflow.log_artifact(str(METRICS / f"{name}.json"), "metrics")
+        version = serving.log_and_register(MODEL_DIR, p)
+    worst = min(robust.items(), key=lambda kv: kv[1]["accuracy"], default=None)
     print(f"evaluate: accuracy={result['accuracy']:.4f} (zero-shot {zeroshot['accuracy']:.4f}), "
-          f"roc_auc={result['roc_auc']:.4f}")
+          f"roc_auc={result['roc_auc']:.4f}" + (f"; hardest perturbation {worst[0]}: "
+                                                f"accuracy={worst[1]['accuracy']:.4f}" if worst else ""))
+    print(f"evaluate: registered models:/{version.name}@{p.mlflow.model_alias} (version {version.version})")
 
 
 if __name__ == "__main__":

@@ -11,23 +11,31 @@ from aigi.errors import exits_cleanly
 from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, REPORTS, SOURCE_JSON
 
 
+def _json(path):
+    return json.loads(path.read_text())
+
+
 @exits_cleanly
 def main() -> None:
     p = params.load()
     test_images, _ = load_split(PROCESSED, "test")
+    run_id = (MODEL_DIR / tracking.RUN_ID_FILE).read_text().strip()
     with atomic_dir(REPORTS) as out:
         report.build(
             out, p,
-            zeroshot=json.loads((METRICS / "zeroshot.json").read_text()),
-            finetuned=json.loads((METRICS / "eval.json").read_text()),
-            source=json.loads(SOURCE_JSON.read_text()),
-            manifest=json.loads((PROCESSED / "manifest.json").read_text()),
+            zeroshot=_json(METRICS / "zeroshot.json"),
+            finetuned=_json(METRICS / "eval.json"),
+            robustness=_json(METRICS / "robustness.json"),
+            source=_json(SOURCE_JSON),
+            manifest=_json(PROCESSED / "manifest.json"),
             figures={
                 "Training curves": PLOTS / "train" / "curves.png",
                 "Zero-shot: ROC, precision-recall, confusion": PLOTS / "zeroshot" / "curves.png",
                 "Fine-tuned: ROC, precision-recall, confusion": PLOTS / "eval" / "curves.png",
+                "Robustness": PLOTS / "robustness" / "robustness.png",
             },
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
+            model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
         )
     with tracking.model_run(p, MODEL_DIR):
         mlflow.log_artifacts(str(REPORTS), "report")

@@ -24,3 +24,32 @@ def synthetic_raw(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_prompts() -> dict[str, list[str]]:
     return {"REAL": ["a real photo.", "a photograph."], "FAKE": ["an AI-generated image."]}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny detector (random weights, zero-shot head) as the finetune stage writes it."""
+    import torch
+
+    from aigi.model import TINY, create_detector, save_detector
+
+    prompts = {"REAL": ["a real photo.", "a photograph."], "FAKE": ["an AI-generated image."]}
+    detector = create_detector(TINY, "none", prompts, torch.device("cpu"), seed=0)
+    folder = tmp_path_factory.mktemp("model") / "finetuned"
+    save_detector(detector, folder, {"arch": TINY, "pretrained": "none", "method": "contrastive", "prompts": prompts})
+    return folder
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (32, 32), fmt: str = "png", seed: int = 0):
+    """`count` random RGB images `0000.<fmt>`... in `folder`; returns their paths."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i:04d}.{fmt}"
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths

@@ -39,6 +39,9 @@ def project(tmp_path_factory):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     ran, _ = _repro(project, env)
+    # Commit the results, as a user would, so `dvc metrics diff` has a baseline.
+    subprocess.run([*demo.GIT, "add", "-A"], cwd=project, check=True)
+    subprocess.run([*demo.GIT, "commit", "-q", "-m", "baseline"], cwd=project, check=True)
     return project, env, ran
 
 
@@ -55,7 +58,14 @@ def test_metrics_and_fine_tuning_beats_zero_shot(project):
         assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion", "ci95"} <= set(m)
         assert sum(m["confusion"].values()) == m["n"] == 400
     assert ft["accuracy"] >= zs["accuracy"] + 0.2, (zs["accuracy"], ft["accuracy"])
+    assert set(ft["per_content_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                            "ship", "truck"}
+    robust = json.loads((root / "metrics" / "robustness.json").read_text())
+    assert list(robust) == ["jpeg_q90", "jpeg_q70", "jpeg_q50", "jpeg_q30", "blur_sigma0.5", "blur_sigma1",
+                            "blur_sigma2", "rescale_0.75", "rescale_0.5"]
+    assert all(r["n"] == 400 and 0 <= r["accuracy"] <= 1 and "ci95" in r for r in robust.values())
     for path in ("plots/eval/roc.csv", "plots/eval/confusion.csv", "plots/zeroshot/pr.csv",
+                 "plots/robustness/robustness.csv", "plots/robustness/robustness.png",
                  "plots/train/loss.csv", "plots/train/accuracy.csv", "models/finetuned/detector.json",
                  "data/raw/SOURCE.json", "data/processed/manifest.json"):
         assert (root / path).is_file(), path
@@ -67,6 +77,9 @@ def test_report_is_self_contained(project):
     md = (root / "reports" / "report.md").read_text()
     html = (root / "reports" / "report.html").read_text()
     assert "Zero-shot vs fine-tuned" in md and "| accuracy |" in md
+    for section in ("## Data", "## Robustness (fine-tuned)", "| blur_sigma2 |", "## Accuracy per subject",
+                    "## Most confident mistakes", "models:/aigi-demo-detector@newest", "## Params"):
+        assert section in md, section
     assert "data:image/png;base64," in html
     assert not re.search(r"<img[^>]+src=\"(?!data:)", html)
 
@@ -92,6 +105,23 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     assert {"finetuned", "plots", "report", "metrics"} <= artifacts
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned")}
     assert "finetuned/head.safetensors" in model_files and "finetuned/clip" in model_files
+    assert {"robust_jpeg_q50_accuracy", "robust_blur_sigma2_roc_auc"} <= set(m)
+    version = client.get_model_version_by_alias("aigi-demo-detector", "newest")
+    assert int(version.version) == 1 and version.run_id == run.info.run_id
+
+
+def test_dvc_plots_render(project):
+    root, env, _ = project
+    res = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=root, env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert not out.get("errors"), out.get("errors")
+    plots = out["data"]
+    for name in ("Training loss", "Training accuracy", "ROC (zero-shot vs fine-tuned)",
+                 "Precision-recall (zero-shot vs fine-tuned)", "plots/eval/confusion.csv",
+                 "plots/zeroshot/confusion.csv", "Robustness (fine-tuned accuracy per perturbation)"):
+        assert plots[name][0]["type"] == "vega" and plots[name][0]["content"]["data"]["values"], name
 
 
 def test_second_repro_does_nothing_and_adds_no_run(project):
@@ -113,4 +143,13 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=env,
                           capture_output=True, text=True)
     assert show.returncode == 0 and "metrics/eval.json" in show.stdout
+    diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stderr[-2000:]
+    changed = json.loads(diff.stdout)
+    assert "brier" in changed["metrics/eval.json"] and "metrics/zeroshot.json" not in changed
+    import mlflow
+
+    newest = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("aigi-demo-detector", "newest")
+    assert int(newest.version) == 2 and newest.run_id == max(runs, key=lambda r: r.info.start_time).info.run_id
 

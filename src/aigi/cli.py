@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,16 +21,46 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(root, (root / args.dir).resolve())
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _project_params():
+    """The project's params.yaml, when the command runs inside the project (for defaults), else None."""
+    from aigi import params
+
+    path = project_root() / "params.yaml"
+    return params.load(path) if path.is_file() else None
+
+
+def load_model(model: str | None, device_name: str):
+    """A local model folder (default: the pipeline's models/finetuned) or an MLflow model URI."""
     from aigi import device
     from aigi.model import load_detector
+
+    dev = device.resolve(device_name)
+    if model and _is_uri(model):
+        from aigi import serving, tracking
+        from aigi.params import Params
+
+        tracking.use_store(_project_params() or Params())
+        detector, _ = serving.load_for_predict(model)
+        return detector.to(dev).eval()
+    detector, _ = load_detector(Path(model) if model else project_root() / MODEL_DIR, dev)
+    return detector
+
+
+def _is_uri(text: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None  # models:/, runs:/, s3://; not C:/
+
+
+def _predict(args: argparse.Namespace) -> int:
     from aigi.predict import expand, predict_paths
     from aigi.progress import progress
 
     files = expand(args.paths)
-    model_dir = Path(args.model) if args.model else project_root() / MODEL_DIR
-    detector, _ = load_detector(model_dir, device.resolve(args.device))
-    rows = progress(predict_paths(detector, files, args.batch_size, args.threshold), total=len(files),
+    detector = load_model(args.model, args.device)
+    threshold = args.threshold
+    if threshold is None:
+        project = _project_params()
+        threshold = project.evaluate.threshold if project else 0.5
+    rows = progress(predict_paths(detector, files, args.batch_size, threshold, args.max_pixels), total=len(files),
                     desc="predict", unit="img", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
@@ -64,11 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
     p.add_argument("paths", nargs="+")
-    p.add_argument("--model", help="a saved model folder (default: the pipeline's models/finetuned)")
+    p.add_argument("--model", help="a saved model folder, or an MLflow model URI such as models:/NAME@ALIAS or "
+                   "runs:/RUN_ID/model (default: the pipeline's models/finetuned)")
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, help="P(fake) at or above this is FAKE "
+                   "(default: evaluate.threshold of the project's params.yaml, else 0.5)")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images (decompression bombs)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
     return parser

@@ -13,8 +13,9 @@ from aigi.data.store import load_split
 from aigi.inference import predict_proba
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.paths import METRICS, PLOTS, PROCESSED
-from aigi.plots import write_score_plots
+from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_CIFAKE
+from aigi.plots import write_robustness_plots, write_score_plots
+from aigi.robustness import evaluate_robustness, summary_table
 
 
 def score_test_split(detector: Detector, params: Params, name: str, batch_size: int) -> dict[str, Any]:
@@ -22,12 +23,26 @@ def score_test_split(detector: Detector, params: Params, name: str, batch_size: 
     images, table = load_split(PROCESSED, "test")
     y = table["label"].to_numpy()
     p_fake = predict_proba(detector, images, batch_size, desc=f"{name} test")
-    result = metrics.evaluate(y, p_fake, params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed)
+    result = metrics.evaluate(y, p_fake, params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
+                              files=table["file"].tolist())
     write_json(METRICS / f"{name}.json", result)
     folder = PLOTS / name
     write_score_plots(folder, y, p_fake, params.evaluate.threshold, name)
     table.assign(p_fake=np.round(p_fake, 6)).to_csv(folder / "predictions.csv", index_label="index")
     return result
+
+
+def score_robustness(detector: Detector, params: Params, clean: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The test split's originals (data/raw) perturbed per `evaluate.robustness`: writes
+    `metrics/robustness.json` and `plots/robustness/` (CSV for DVC, PNG for the report)."""
+    _, table = load_split(PROCESSED, "test")
+    results = evaluate_robustness(
+        detector, RAW_CIFAKE, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
+        params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
+    )
+    write_json(METRICS / "robustness.json", results)
+    write_robustness_plots(PLOTS / "robustness", summary_table(clean, results))
+    return results
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -42,3 +57,9 @@ def mlflow_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
         out[f"{prefix}{k}_ci_low"], out[f"{prefix}{k}_ci_high"] = lo, hi
     out.update({f"{prefix}{k}": float(v) for k, v in result["confusion"].items()})
     return out
+
+
+def mlflow_robustness_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """`robust_<perturbation>_<metric>` for the headline metrics of each perturbation."""
+    return {f"robust_{name}_{k}": float(r[k]) for name, r in results.items()
+            for k in ("accuracy", "roc_auc", "f1", "ece")}

@@ -7,6 +7,7 @@ out-of-range value, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -113,10 +114,20 @@ class FinetuneParams(Section):
         return self
 
 
+class RobustnessParams(Section):
+    """Perturbations of the original test images, applied before the resize to the model's input."""
+
+    jpeg_quality: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [90, 70, 50, 30])
+    blur_sigma: list[Annotated[float, Field(gt=0, le=20)]] = Field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rescale: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.75, 0.5])
+    bootstrap_samples: Annotated[int, Field(ge=0)] = 200  # per perturbation; 0 = no confidence intervals
+
+
 class EvaluateParams(Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
     batch_size: Annotated[int, Field(gt=0)] = 256
+    robustness: RobustnessParams = RobustnessParams()
 
 
 class ReportParams(Section):
@@ -127,6 +138,14 @@ class MlflowParams(Section):
     experiment: Annotated[str, Field(min_length=1)] = "aigi"
     registered_model: Annotated[str, Field(min_length=1)] = "aigi-clip-detector"
     tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
+    model_alias: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")] = "newest"
+
+    @field_validator("model_alias")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.lower() == "latest" or re.fullmatch(r"[vV]\d+", v):
+            raise ValueError("'latest' and version-like names (v1, ...) are reserved by MLflow; pick another alias")
+        return v
 
 
 class Params(Section):

@@ -59,3 +59,28 @@ def write_training_curves(folder: Path, history: list[dict[str, float]]) -> None
     fig.tight_layout()
     fig.savefig(folder / "curves.png", dpi=100)
     plt.close(fig)
+
+
+ROBUSTNESS_AXES = {"jpeg": "JPEG quality", "blur": "Gaussian blur sigma (px)", "rescale": "down-then-up factor"}
+
+
+def write_robustness_plots(folder: Path, table: pd.DataFrame) -> None:
+    """`robustness.csv` (one row per condition, a DVC bar plot) and `robustness.png` (metric vs level per kind)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table[["perturbation", "kind", "level", "accuracy", "roc_auc"]].to_csv(folder / "robustness.csv", index=False)
+    clean = table[table["kind"] == "clean"].iloc[0]
+    kinds = [k for k in ROBUSTNESS_AXES if (table["kind"] == k).any()]
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.2 * max(len(kinds), 1), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=False):
+        rows = table[table["kind"] == kind].sort_values("level")
+        for metric, colour in (("accuracy", "C0"), ("roc_auc", "C1")):
+            ax.plot(rows["level"], rows[metric], marker="o", c=colour, label=metric)
+            ax.axhline(clean[metric], ls=":", c=colour, label=f"{metric} (clean)")
+        ax.set(xlabel=ROBUSTNESS_AXES[kind], ylim=(0, 1.02), title=kind)
+        if kind in ("jpeg", "rescale"):
+            ax.invert_xaxis()  # left to right: milder to harsher
+    axes[0][0].set_ylabel("metric")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(folder / "robustness.png", dpi=100)
+    plt.close(fig)

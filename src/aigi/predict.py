@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -14,6 +14,8 @@ from aigi.errors import AigiError
 from aigi.inference import predict_proba
 from aigi.model import Detector
 from aigi.params import CLASSES
+
+T = TypeVar("T")
 
 
 def expand(inputs: Iterable[str]) -> list[Path]:
@@ -34,25 +36,37 @@ def expand(inputs: Iterable[str]) -> list[Path]:
     return files
 
 
+def predict_images(
+    detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray], batch_size: int = 64,
+) -> Iterator[tuple[T, float | None, str]]:
+    """(item, P(fake), "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
+
+    Decodes, resizes and scores one batch at a time, so memory is bounded by the batch, not the input.
+    """
+    for start in range(0, len(items), batch_size):
+        decoded: list[tuple[T, np.ndarray | None, str]] = []
+        for item in items[start : start + batch_size]:
+            try:
+                decoded.append((item, decode(item), ""))
+            except BadImage as e:
+                decoded.append((item, None, str(e)))
+        good = [img for _, img, _ in decoded if img is not None]
+        probs = iter(predict_proba(detector, to_model_input(good, detector.image_size), batch_size) if good else ())
+        for item, img, err in decoded:
+            yield (item, None, err) if img is None else (item, float(next(probs)), "")
+
+
+def label_of(p_fake: float, threshold: float) -> str:
+    return CLASSES[int(p_fake >= threshold)]
+
+
 def predict_paths(
     detector: Detector, files: list[Path], batch_size: int = 64, threshold: float = 0.5,
     max_pixels: int = 50_000_000,
 ) -> Iterator[dict[str, Any]]:
     """One row per file: path, p_fake, label, or path and error when the file cannot be read."""
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        decoded: list[tuple[Path, np.ndarray | None, str]] = []
-        for f in chunk:
-            try:
-                decoded.append((f, load_rgb(f, max_pixels), ""))
-            except BadImage as e:
-                decoded.append((f, None, str(e)))
-        good = [img for _, img, _ in decoded if img is not None]
-        pixels = to_model_input(good, detector.image_size)
-        probs = iter(predict_proba(detector, pixels, batch_size)) if good else iter(())
-        for f, img, err in decoded:
-            if img is None:
-                yield {"path": str(f), "error": err}
-            else:
-                p = float(next(probs))
-                yield {"path": str(f), "p_fake": round(p, 6), "label": CLASSES[int(p >= threshold)]}
+    for f, p, err in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size):
+        if p is None:
+            yield {"path": str(f), "error": err}
+        else:
+            yield {"path": str(f), "p_fake": round(p, 6), "label": label_of(p, threshold)}

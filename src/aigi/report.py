@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from aigi.metrics import SCALARS
+from aigi.metrics import CIFAR10_CLASSES, SCALARS, content_class
 from aigi.params import CLASSES, Params
 
 HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
@@ -38,65 +38,59 @@ def comparison_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str
     return "\n".join(rows)
 
 
-def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, path: Path) -> int:
-    """The `count` most confident mistakes as one PNG; returns how many were shown."""
-    pred = (predictions["p_fake"] >= 0.5).astype(int)
+def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, threshold: float, path: Path) -> int:
+    """The `count` most confident mistakes (the images the model saw) as one PNG; returns how many were shown."""
+    pred = (predictions["p_fake"] >= threshold).astype(int)
     wrong = predictions[pred != predictions["label"]].copy()
-    wrong["confidence"] = (wrong["p_fake"] - 0.5).abs()
-    wrong = wrong.sort_values("confidence", ascending=False).head(count)
+    wrong["confidence"] = np.where(pred[wrong.index] == 1, wrong["p_fake"], 1 - wrong["p_fake"])
+    wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(count)
     if wrong.empty:
         return 0
     cols = min(8, len(wrong))
     rows = int(np.ceil(len(wrong) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.3 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (_, r) in zip(axes.flat, wrong.iterrows(), strict=False):
         ax.imshow(images[int(r["index"])])
-        ax.set_title(f"{CLASSES[int(r['label'])]}\nP(fake)={r['p_fake']:.2f}", fontsize=8)
+        subject = content_class(str(r.get("file", "")))
+        ax.set_title(f"true {CLASSES[int(r['label'])]}{f', {subject}' if subject else ''}\n"
+                     f"P(fake)={r['p_fake']:.2f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return len(wrong)
 
 
-def build(
-    out: Path,
-    params: Params,
-    zeroshot: dict[str, Any],
-    finetuned: dict[str, Any],
-    source: dict[str, Any],
-    manifest: dict[str, Any],
-    figures: dict[str, Path],
-    mistakes: tuple[pd.DataFrame, np.ndarray],
-) -> None:
-    """Write report.md, its PNGs and report.html into `out` (an empty folder)."""
-    assets = out / "assets"
-    assets.mkdir(parents=True, exist_ok=True)
-    shown = mistakes_grid(*mistakes, params.report.mistakes_shown, assets / "mistakes.png")
-    images = {}
-    for title, src in figures.items():
-        if src.is_file():
-            images[title] = assets / f"{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}.png"
-            shutil.copyfile(src, images[title])
-    if shown:
-        images[f"The {shown} most confident mistakes (fine-tuned)"] = assets / "mistakes.png"
+def robustness_table(clean: dict[str, Any], robust: dict[str, dict[str, Any]]) -> str:
+    rows = ["| condition | accuracy | ROC-AUC | F1 | ECE | accuracy change |", "|---|---|---|---|---|---|"]
+    for name, r in (("clean", clean), *robust.items()):
+        change = "" if name == "clean" else f"{r['accuracy'] - clean['accuracy']:+.4f}"
+        rows.append(f"| {name} | {_cell(r, 'accuracy')} | {_cell(r, 'roc_auc')} | {r['f1']:.4f} | {r['ece']:.4f} "
+                    f"| {change} |")
+    return "\n".join(rows)
 
-    splits = manifest["splits"]
-    dup = manifest["duplicates"]
-    md = [
-        "# aigi report: can CLIP tell AI-generated images from real ones?",
-        "",
-        f"Model `{params.model.arch}` (`{params.model.pretrained}` weights), fine-tuned with "
-        f"`{params.finetune.method}`; decision threshold P(fake) >= {params.evaluate.threshold}; "
-        "95% bootstrap intervals in brackets.",
-        "",
-        "## Zero-shot vs fine-tuned (test split)",
-        "",
-        comparison_table(zeroshot, finetuned),
-        "",
-        "## Data",
-        "",
+
+def content_class_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str | None:
+    """Accuracy per subject, REAL and FAKE, fine-tuned and zero-shot; None when the names carry no subject."""
+    ft, zs = finetuned.get("per_content_class"), zeroshot.get("per_content_class", {})
+    if not ft:
+        return None
+
+    def cell(table: dict[str, Any], subject: str, label: str) -> str:
+        entry = table.get(subject, {}).get(label)
+        return f"{entry['accuracy']:.3f} (n={entry['n']})" if entry else "–"
+
+    rows = ["| subject | fine-tuned REAL | fine-tuned FAKE | zero-shot REAL | zero-shot FAKE |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {s} | {cell(ft, s, 'REAL')} | {cell(ft, s, 'FAKE')} | {cell(zs, s, 'REAL')} | {cell(zs, s, 'FAKE')} |"
+             for s in CIFAR10_CLASSES if s in ft]
+    return "\n".join(rows)
+
+
+def _data_lines(source: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    splits, dup = manifest["splits"], manifest["duplicates"]
+    return [
         f"- Source: `{source.get('source')}` {source.get('id', '')} {source.get('version', '')}".rstrip(),
         f"- Downloaded: {', '.join(f'{k} {v:,}' for k, v in source.get('counts', {}).items())}",
         "- Used: " + "; ".join(
@@ -109,13 +103,98 @@ def build(
         f"{dup.get('within_train_dropped', 0)} within train and "
         f"{dup.get('within_test_dropped', 0)} within test dropped",
         f"- Skipped unreadable images: {len(manifest.get('skipped', []))}",
+    ]
+
+
+def _copy_figure(src: Path, assets: Path, title: str) -> str | None:
+    """Copy a figure into the report's assets; returns its Markdown image line, or None if it is missing."""
+    if not src.is_file():
+        return None
+    dest = assets / f"{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}.png"
+    shutil.copyfile(src, dest)
+    return f"![{title}](assets/{dest.name})"
+
+
+def build(
+    out: Path,
+    params: Params,
+    zeroshot: dict[str, Any],
+    finetuned: dict[str, Any],
+    robustness: dict[str, dict[str, Any]],
+    source: dict[str, Any],
+    manifest: dict[str, Any],
+    figures: dict[str, Path],
+    mistakes: tuple[pd.DataFrame, np.ndarray],
+    model: dict[str, str],
+) -> None:
+    """Write report.md, its PNGs and report.html into `out` (an empty folder).
+
+    `figures` maps titles to PNGs: training curves, score curves, and "Robustness" for the perturbation
+    plot; `model` holds the MLflow run id and the registered model URI.
+    """
+    assets = out / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    threshold = params.evaluate.threshold
+    shown = mistakes_grid(*mistakes, params.report.mistakes_shown, threshold, assets / "mistakes.png")
+    robustness_figure = figures.pop("Robustness", None)
+
+    md = [
+        "# aigi report: can CLIP tell AI-generated images from real ones?",
         "",
-        "## Figures",
+        f"Model `{params.model.arch}` (`{params.model.pretrained}` weights), fine-tuned with "
+        f"`{params.finetune.method}`; decision threshold P(fake) >= {threshold}; "
+        f"95% bootstrap intervals ({params.evaluate.bootstrap_samples} resamples, seed {params.seed}) in brackets.",
+        "",
+        "## Zero-shot vs fine-tuned (test split)",
+        "",
+        comparison_table(zeroshot, finetuned),
+        "",
+        "## Data",
+        "",
+        *_data_lines(source, manifest),
+        "",
+        "## Curves",
         "",
     ]
-    for title, path in images.items():
-        md += [f"### {title}", "", f"![{title}](assets/{path.name})", ""]
-    md += ["## Params", "", "```yaml", _params_yaml(params), "```", ""]
+    for title, src in figures.items():
+        if line := _copy_figure(src, assets, title):
+            md += [f"### {title}", "", line, ""]
+    md += ["## Robustness (fine-tuned)", ""]
+    if robustness:
+        md += [
+            "The original test images perturbed before the resize to the model's input: JPEG re-encoding at "
+            "quality q (`jpeg_q`), Gaussian blur of standard deviation sigma in original pixels (`blur_sigma`), "
+            "shrinking by a factor then enlarging back (`rescale_`).",
+            "",
+            robustness_table(finetuned, robustness),
+            "",
+        ]
+        if robustness_figure and (line := _copy_figure(robustness_figure, assets, "Robustness")):
+            md += [line, ""]
+    else:
+        md += ["No perturbations configured (`evaluate.robustness`).", ""]
+    if table := content_class_table(zeroshot, finetuned):
+        md += [
+            "## Accuracy per subject",
+            "",
+            "CIFAKE's file names end in a number in brackets (none = 1, then (2) ... (10)). It appears to follow "
+            "CIFAR-10's class order (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck). "
+            "This mapping is our observation; the dataset's authors do not document it.",
+            "",
+            table,
+            "",
+        ]
+    md += ["## Most confident mistakes (fine-tuned)", ""]
+    if shown:
+        md += [f"The {shown} test images the fine-tuned model got wrong with the highest confidence "
+               "(true class, subject where known, P(fake)).", "",
+               "![most confident mistakes](assets/mistakes.png)", ""]
+    else:
+        md += ["No mistakes on the test split.", ""]
+    md += ["## Model", "",
+           f"- MLflow run: `{model.get('run_id', 'unknown')}`",
+           f"- Registered model: `{model.get('uri', 'unknown')}`",
+           "", "## Params", "", "```yaml", _params_yaml(params), "```", ""]
     text = "\n".join(md)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(to_html(text, out))

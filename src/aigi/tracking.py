@@ -41,10 +41,16 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
-def experiment_id(params: Params) -> str:
-    """Point MLflow at the store and return the experiment's id, creating it on first use."""
+def use_store(params: Params) -> str:
+    """Point MLflow (tracking and model registry) at the project's store; returns its URI."""
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(params: Params) -> str:
+    """Point MLflow at the store and return the experiment's id, creating it on first use."""
+    uri = use_store(params)
     try:
         exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
         if exp is not None:

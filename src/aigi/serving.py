@@ -1,0 +1,151 @@
+"""The detector as an MLflow pyfunc model: logged with its saved files as artifacts, registered, servable.
+
+Input: a DataFrame with an `image` column whose cells are image file paths (read where the model
+runs), raw image bytes, or base64 text of the encoded file (what a JSON request to
+`mlflow models serve` carries). Output: `p_fake` and `label` per row; the decision threshold is a
+predict-time param whose default is `evaluate.threshold`. The model's artifacts are the folder
+`save_detector` wrote (safetensors and JSON, nothing pickled); `load_context` loads it with
+`load_detector`, and the `aigi` package travels with the model as code, so `--env-manager local`
+serving needs only the libraries.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import aigi
+from aigi.data.images import BadImage, load_rgb
+from aigi.errors import AigiError
+from aigi.params import Params
+from aigi.predict import label_of, predict_images
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs, not a terminal
+import mlflow
+
+INPUT_COLUMN = "image"
+ARTIFACT = "detector"
+MODEL_NAME = "model"  # the logged model's name within the run
+MAX_PIXELS = 50_000_000
+MAX_PATH_CHARS = 4096
+# What the model imports when it loads (pins without local version tags such as +cpu).
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "safetensors", "numpy", "pandas", "pillow",
+                "pydantic", "pyyaml", "tqdm")
+
+
+def decode_cell(value: Any) -> np.ndarray:
+    """One input cell -> RGB array: a file path, image bytes, or base64 text (a `data:` URL prefix is allowed)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return load_rgb(bytes(value), MAX_PIXELS)
+    if not isinstance(value, str):
+        raise BadImage(f"unsupported value of type {type(value).__name__}; give a file path, image bytes or base64")
+    try:
+        if len(value) < MAX_PATH_CHARS and Path(value).is_file():
+            return load_rgb(value, MAX_PIXELS)
+    except OSError:
+        pass
+    text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImage("neither an existing file path nor base64-encoded image bytes") from None
+    return load_rgb(data, MAX_PIXELS)
+
+
+class DetectorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a saved detector folder (the `detector` artifact)."""
+
+    def load_context(self, context: Any) -> None:
+        from aigi import device
+        from aigi.model import load_detector
+
+        self.detector, self.meta = load_detector(context.artifacts[ARTIFACT], device.resolve("auto"))
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if INPUT_COLUMN not in frame.columns:
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
+                f"input needs a column '{INPUT_COLUMN}' (file paths, image bytes or base64); got {list(frame.columns)}"
+            )
+        threshold = float((params or {}).get("threshold", 0.5))
+        rows = list(predict_images(self.detector, list(frame[INPUT_COLUMN]), decode_cell, batch_size=64))
+        errors = [f"row {i}: {err}" for i, (_, p, err) in enumerate(rows) if p is None]
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise mlflow.exceptions.MlflowException.invalid_parameter_value("; ".join(errors[:3]) + more)
+        p_fake = [p for _, p, _ in rows]
+        return pd.DataFrame({"p_fake": p_fake, "label": [label_of(p, threshold) for p in p_fake]})
+
+
+def example_png() -> str:
+    """Base64 of a small PNG: the input example stored with the model (valid on any machine)."""
+    ramp = np.linspace(0, 255, 32, dtype=np.uint8)
+    pixels = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], np.full((32, 32), 128, np.uint8)), axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def signature(threshold: float) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+        outputs=Schema([ColSpec("double", "p_fake"), ColSpec("string", "label")]),
+        params=ParamSchema([ParamSpec("threshold", "double", threshold)]),
+    )
+
+
+def requirements() -> list[str]:
+    out = []
+    for dist in REQUIREMENTS:
+        try:
+            out.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def log_and_register(model_dir: Path, params: Params) -> Any:
+    """Log `model_dir` as a pyfunc model in the active run, register it under `mlflow.registered_model`
+    and point `mlflow.model_alias` at the new version. Returns the `ModelVersion`."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("log_and_register needs an active MLflow run")
+    name, alias = params.mlflow.registered_model, params.mlflow.model_alias
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
+        artifacts={ARTIFACT: str(Path(model_dir).resolve())},
+        code_paths=[str(Path(aigi.__file__).parent)],
+        signature=signature(params.evaluate.threshold),
+        input_example=pd.DataFrame({INPUT_COLUMN: [example_png()]}),
+        pip_requirements=requirements(),
+        registered_model_name=name,
+    )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, alias, info.registered_model_version)
+    return client.get_model_version(name, info.registered_model_version)
+
+
+def load_for_predict(uri: str) -> tuple[Any, dict[str, Any]]:
+    """The detector inside an MLflow model (registry or run URI) and its `detector.json`."""
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except mlflow.exceptions.MlflowException as e:
+        raise AigiError(f"cannot load the MLflow model {uri} ({' '.join(str(e).split())[:200]}); check the name, "
+                        f"alias or run id, and MLFLOW_TRACKING_URI") from None
+    wrapped = model.unwrap_python_model()
+    if not isinstance(wrapped, DetectorModel):
+        raise AigiError(f"{uri} is not an aigi detector model")
+    return wrapped.detector, wrapped.meta

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from aigi import metrics
+
+
+def _scores(n: int, seed: int = 0, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.25, n), 0, 1)
+    return y, np.round(p, 1) if ties else p
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_vectorised_resamples_match_scikit_learn(ties):
+    y, p = _scores(200, ties=ties)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, len(y), (6, len(y)))
+    weights = np.stack([np.bincount(row, minlength=len(y)) for row in idx])
+    fast = metrics.resample_metrics(y, p, 0.4, weights)
+    for b, row in enumerate(idx):
+        slow = metrics.scalar_metrics(y[row], p[row], 0.4)
+        for k in metrics.SCALARS:
+            assert fast[k][b] == pytest.approx(slow[k], abs=1e-12), k
+
+
+def test_resample_with_one_class_has_no_ranking_metrics():
+    y, p = _scores(50)
+    weights = (y == 1).astype(int)[None, :]  # only FAKE images drawn
+    out = metrics.resample_metrics(y, p, 0.5, weights)
+    assert np.isnan(out["roc_auc"][0]) and np.isnan(out["average_precision"][0])
+    assert out["accuracy"][0] == pytest.approx(metrics.scalar_metrics(y[y == 1], p[y == 1], 0.5)["accuracy"])
+
+
+def test_bootstrap_is_seeded_and_brackets_the_estimate():
+    y, p = _scores(300)
+    a = metrics.bootstrap_intervals(y, p, 0.5, 400, seed=7)
+    b = metrics.bootstrap_intervals(y, p, 0.5, 400, seed=7)
+    c = metrics.bootstrap_intervals(y, p, 0.5, 400, seed=8)
+    assert a == b and a != c
+    point = metrics.scalar_metrics(y, p, 0.5)
+    for k in metrics.SCALARS:
+        lo, hi = a[k]
+        assert lo <= point[k] <= hi and hi - lo < 0.25, k
+
+
+def test_threshold_changes_the_decision_metrics_only():
+    y, p = _scores(300)
+    low, high = metrics.evaluate(y, p, 0.2, 0, 0), metrics.evaluate(y, p, 0.8, 0, 0)
+    assert low["recall"] > high["recall"] and low["confusion"]["tp"] > high["confusion"]["tp"]
+    assert low["roc_auc"] == high["roc_auc"] and "ci95" not in low
+
+
+def test_content_class_from_cifake_names():
+    assert metrics.content_class("test/FAKE/0.jpg") == "airplane"
+    assert metrics.content_class("test/REAL/12 (2).jpg") == "automobile"
+    assert metrics.content_class("0 (10).png") == "truck"
+    assert metrics.content_class("train/REAL/cat_01.jpg") is None
+    assert metrics.content_class("5 (11).jpg") is None
+
+
+def test_per_content_class_accuracy():
+    files = ["test/REAL/0.jpg", "test/REAL/1.jpg", "test/FAKE/0 (4).jpg", "test/FAKE/1 (4).jpg", "test/REAL/2 (4).jpg"]
+    y = np.array([0, 0, 1, 1, 0])
+    p = np.array([0.1, 0.9, 0.8, 0.3, 0.2])
+    out = metrics.evaluate(y, p, 0.5, 0, 0, files=files)["per_content_class"]
+    assert out == {
+        "airplane": {"REAL": {"n": 2, "accuracy": 0.5}},
+        "cat": {"REAL": {"n": 1, "accuracy": 1.0}, "FAKE": {"n": 2, "accuracy": 0.5}},
+    }
+    assert "per_content_class" not in metrics.evaluate(y, p, 0.5, 0, 0, files=[*files[:4], "x/other.jpg"])
+
+
+def test_real_cifake_names_carry_all_ten_subjects():
+    import zipfile
+    from collections import Counter
+
+    from conftest import CIFAKE_SAMPLE
+
+    if not CIFAKE_SAMPLE.is_file():
+        pytest.skip("CIFAKE sample not present")
+    names = [n for n in zipfile.ZipFile(CIFAKE_SAMPLE).namelist() if n.lower().endswith(".jpg")]
+    counts = Counter(metrics.content_class(n) for n in names)
+    assert None not in counts and set(counts) == set(metrics.CIFAR10_CLASSES)

@@ -1,0 +1,62 @@
+"""The report: every section a reviewer needs, and an HTML file with every image inlined."""
+
+import re
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from aigi import metrics, report
+from aigi.params import Params
+
+
+def _inputs(tmp_path, n: int = 60):
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], n // 2)
+    files = [f"test/{'FAKE' if label else 'REAL'}/{i} ({i % 10 + 1}).jpg" for i, label in enumerate(y)]
+    p_ft = np.clip(0.2 + 0.6 * y + rng.normal(0, 0.2, n), 0, 1)
+    p_zs = rng.uniform(0, 1, n)
+    ft = metrics.evaluate(y, p_ft, 0.5, 50, 0, files=files)
+    zs = metrics.evaluate(y, p_zs, 0.5, 50, 0, files=files)
+    robust = {"jpeg_q50": {"kind": "jpeg", "level": 50, **metrics.evaluate(y, p_zs, 0.5, 50, 0)}}
+    figure = tmp_path / "fig.png"
+    Image.new("RGB", (20, 10), "red").save(figure)
+    predictions = pd.DataFrame({"index": range(n), "file": files, "label": y, "p_fake": p_ft})
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    source = {"source": "synthetic", "id": "aigi-synthetic", "counts": {"test/REAL": n // 2, "test/FAKE": n // 2}}
+    manifest = {"splits": {"test": {"count": n, "per_class": {"REAL": n // 2, "FAKE": n // 2}}}, "image_size": 64,
+                "interpolation": "bicubic", "duplicates": {"train_test_shared": 2}, "skipped": []}
+    return dict(zeroshot=zs, finetuned=ft, robustness=robust, source=source, manifest=manifest,
+                figures={"Training curves": figure, "Robustness": figure, "Missing": tmp_path / "none.png"},
+                mistakes=(predictions, images), model={"run_id": "abc123", "uri": "models:/m@newest"})
+
+
+def test_report_has_every_section_and_is_self_contained(tmp_path):
+    out = tmp_path / "reports"
+    report.build(out, Params(), **_inputs(tmp_path))
+    md = (out / "report.md").read_text()
+    headings = re.findall(r"^## (.*)$", md, flags=re.M)
+    assert headings == ["Zero-shot vs fine-tuned (test split)", "Data", "Curves", "Robustness (fine-tuned)",
+                        "Accuracy per subject", "Most confident mistakes (fine-tuned)", "Model", "Params"]
+    cell = r"\d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\]"
+    assert re.search(rf"\| accuracy \| {cell} \| {cell} \|", md)
+    assert "| jpeg_q50 |" in md and "| clean |" in md
+    assert "| cat | " in md and "not document" in md
+    assert "2 shared by train and test" in md and "`models:/m@newest`" in md and "bootstrap_samples: 1000" in md
+    assert "Missing" not in md  # a figure that does not exist is left out, not linked
+    for link in re.findall(r"\]\((assets/[^)]+)\)", md):
+        assert (out / link).is_file()
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == md.count("![")
+    assert not re.search(r"<img[^>]+src=\"(?!data:)", html)
+    assert "<table>" in html and "<h2>Accuracy per subject</h2>" in html
+
+
+def test_mistakes_follow_the_threshold_and_confidence(tmp_path):
+    predictions = pd.DataFrame({"index": range(4), "label": [0, 0, 1, 1], "p_fake": [0.95, 0.35, 0.1, 0.45],
+                                "file": ["0.jpg", "1 (2).jpg", "2 (3).jpg", "3.jpg"]})
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    assert report.mistakes_grid(predictions, images, 10, 0.5, tmp_path / "a.png") == 3  # 0.95, 0.1, 0.45
+    assert report.mistakes_grid(predictions, images, 10, 0.3, tmp_path / "b.png") == 3  # 0.95, 0.35, 0.1
+    assert report.mistakes_grid(predictions, images, 10, 0.05, tmp_path / "c.png") == 2  # 0.95, 0.35
+    assert report.mistakes_grid(predictions.iloc[[0, 1]], images, 10, 0.99, tmp_path / "d.png") == 0

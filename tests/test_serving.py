@@ -1,0 +1,187 @@
+"""The pyfunc model: logged with the detector's files, registered with an alias, loadable and servable."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import write_images
+
+from aigi import params, serving
+from aigi.data.images import load_rgb, to_model_input
+from aigi.inference import predict_proba
+from aigi.model import load_detector
+
+NAME = "tiny-detector"
+
+
+@pytest.fixture(scope="module")
+def registered(tiny_model_dir, tmp_path_factory):
+    """The tiny model logged and registered in a fresh SQLite store; yields (tracking URI, version)."""
+    import mlflow
+
+    tmp = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("t", artifact_location=(tmp / "artifacts").as_uri())
+    p = params.parse({"mlflow": {"registered_model": NAME, "model_alias": "newest"}, "evaluate": {"threshold": 0.4}})
+    with mlflow.start_run(experiment_id=exp):
+        version = serving.log_and_register(tiny_model_dir, p)
+    yield uri, version
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("imgs")
+    return [*write_images(tmp, 2, (40, 50), "png"), *write_images(tmp, 2, (32, 32), "jpg", seed=1)]
+
+
+def _expected(model_dir: Path, files: list[Path]) -> np.ndarray:
+    detector, _ = load_detector(model_dir)
+    pixels = to_model_input([load_rgb(f) for f in files], detector.image_size)
+    return predict_proba(detector, pixels, 8)
+
+
+def test_registered_with_alias_signature_and_no_pickles(registered, tiny_model_dir):
+    import mlflow
+
+    uri, version = registered
+    assert version.name == NAME and "newest" in version.aliases
+    client = mlflow.MlflowClient(uri)
+    assert client.get_model_version_by_alias(NAME, "newest").version == version.version
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@newest", tracking_uri=uri))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "python_model" not in {p.name for p in local.iterdir()}  # models from code: nothing pickled
+    assert not list(local.rglob("*.pkl")) and not list(local.rglob("*.pt"))
+    assert (local / "artifacts" / "finetuned" / "head.safetensors").is_file()
+    assert (local / "code" / "aigi" / "serving.py").is_file()
+    assert "serving_input_example.json" in {p.name for p in local.iterdir()}
+    sig = mlflow.models.get_model_info(f"models:/{NAME}@newest").signature
+    assert sig.inputs.input_names() == ["image"] and sig.outputs.input_names() == ["p_fake", "label"]
+    assert sig.params.params[0].name == "threshold" and sig.params.params[0].default == 0.4
+    assert "aigi.serving_model" in mlmodel or "serving_model.py" in mlmodel
+
+
+def test_pyfunc_predicts_png_and_jpeg_paths_bytes_and_base64(registered, tiny_model_dir, images):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
+    expected = _expected(tiny_model_dir, images)
+    out = model.predict(pd.DataFrame({"image": [str(f) for f in images]}))
+    assert list(out.columns) == ["p_fake", "label"]
+    np.testing.assert_allclose(out["p_fake"], expected, rtol=1e-5)
+    assert list(out["label"]) == ["FAKE" if p >= 0.4 else "REAL" for p in expected]  # the signature's default
+    raw = [f.read_bytes() for f in images]
+    as_b64 = [base64.b64encode(b).decode() for b in raw]
+    np.testing.assert_allclose(model.predict(pd.DataFrame({"image": raw}))["p_fake"], expected, rtol=1e-5)
+    np.testing.assert_allclose(model.predict(pd.DataFrame({"image": as_b64}))["p_fake"], expected, rtol=1e-5)
+    low = model.predict(pd.DataFrame({"image": as_b64}), params={"threshold": 1e-9})
+    assert set(low["label"]) == {"FAKE"}
+
+
+def test_pyfunc_names_the_bad_rows(registered):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
+    bad = base64.b64encode(b"not an image").decode()
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 1: not a recognised image format"):
+        model.predict(pd.DataFrame({"image": [serving.example_png(), bad]}))
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 0: neither an existing file path nor base64"):
+        model.predict(pd.DataFrame({"image": ["/no/such/file.png"]}))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_mlflow_models_serve_answers_invocations(registered, tiny_model_dir, images, tmp_path):
+    uri, _ = registered
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@newest",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server not ready in 120 s: {log.read_text()[-3000:]}"
+            try:
+                if _request(f"{base}/ping", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        rows = [[base64.b64encode(f.read_bytes()).decode()] for f in images]
+        status, body = _request(f"{base}/invocations", {"dataframe_split": {"columns": ["image"], "data": rows}})
+        assert status == 200, body[:2000]
+        predictions = json.loads(body)["predictions"]
+        np.testing.assert_allclose([r["p_fake"] for r in predictions], _expected(tiny_model_dir, images), rtol=1e-5)
+        assert {r["label"] for r in predictions} <= {"REAL", "FAKE"}
+        status, body = _request(f"{base}/invocations", {"dataframe_split": {"columns": ["image"], "data": [["eA=="]]}})
+        assert status >= 400 and b"row 0" in body
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_aigi_predict_with_a_registry_uri(registered, tiny_model_dir, images, monkeypatch, capsys):
+    from aigi import cli
+    from aigi.predict import predict_paths
+
+    uri, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(sys, "argv", ["aigi", "predict", *map(str, images), "--model", f"models:/{NAME}@newest",
+                                      "--format", "jsonl"])
+    cli.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    detector, _ = load_detector(tiny_model_dir)
+    expected = list(predict_paths(detector, images))
+    assert [r["path"] for r in rows] == [r["path"] for r in expected]
+    np.testing.assert_allclose([r["p_fake"] for r in rows], [r["p_fake"] for r in expected], atol=1e-6)
+    monkeypatch.setattr(sys, "argv", ["aigi", "predict", str(images[0]), "--model", "models:/no-such-model@newest"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1 and "cannot load the MLflow model models:/no-such-model@newest" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("alias", ["latest", "Latest", "v3", "has space"])
+def test_reserved_or_invalid_alias_is_refused(alias):
+    from aigi.errors import AigiError
+
+    with pytest.raises(AigiError, match=r"mlflow\.model_alias"):
+        params.parse({"mlflow": {"model_alias": alias}})
