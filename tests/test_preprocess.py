@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 
 from aigi.data import preprocess
+from aigi.data.images import load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, load_split
 from aigi.errors import AigiError
 from aigi.params import PreprocessParams
@@ -24,7 +26,12 @@ def test_splits_counts_arrays_and_manifest(synthetic_raw, tmp_path):
     images, table = load_split(out, "train")
     assert images.shape == (48, 48, 48, 3) and images.dtype == np.uint8
     assert isinstance(images, np.memmap)
-    assert set(table.columns) == {"file", "label", "label_name"}
+    assert list(table.columns) == ["file", "label", "label_name", "sha256"]
+    # every row holds the image its table row names, resized by the shared function
+    for i in (0, len(table) // 2, len(table) - 1):
+        expected = to_model_input([load_rgb(synthetic_raw / table.file[i])], 48)[0]
+        assert (images[i] == expected).all()
+        assert table.sha256[i] == hashlib.sha256((synthetic_raw / table.file[i]).read_bytes()).hexdigest()
     # train, val and test never share a file
     files = {s: set(load_split(out, s)[1]["file"]) for s in ("train", "val", "test")}
     assert not files["train"] & files["val"] and all(f.startswith("test/") for f in files["test"])
@@ -75,10 +82,11 @@ def test_missing_raw_folder(tmp_path):
         _run(tmp_path / "nothing", tmp_path / "p")
 
 
-def test_array_writer_truncates_to_rows_written(tmp_path):
+def test_array_writer_compacts_blocks_with_holes(tmp_path):
     w = ArrayWriter(tmp_path / "x.npy", capacity=10, row_shape=(2, 2, 3))
-    w.append(np.ones((3, 2, 2, 3), np.uint8))
-    w.append(np.full((2, 2, 2, 3), 7, np.uint8))
-    w.close()
-    arr = np.load(tmp_path / "x.npy")
-    assert arr.shape == (5, 2, 2, 3) and arr[-1].max() == 7
+    w.rows.write(0, np.ones((3, 2, 2, 3), np.uint8))  # slot 0..4, 3 rows filled
+    w.rows.write(5, np.full((2, 2, 2, 3), 7, np.uint8))  # slot 5..9, 2 rows filled
+    assert w.close([(0, 3), (5, 2)]) == 5
+    arr = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert arr.shape == (5, 2, 2, 3) and arr[:3].max() == 1 and (arr[3:] == 7).all()
+    assert (tmp_path / "x.npy").stat().st_size == arr.offset + 5 * 12

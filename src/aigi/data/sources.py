@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from aigi.data.images import is_image_file
+from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError
 from aigi.params import CLASSES, DataParams
@@ -327,14 +328,6 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
 
 
 # ---------------------------------------------------------------- provenance
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def summarise(root: Path, sums_path: Path) -> dict[str, Any]:
