@@ -1,4 +1,6 @@
+import io
 import json
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -88,50 +90,97 @@ def test_missing_local_path(tmp_path):
         _download(tmp_path, source="local", path=str(tmp_path / "nope"))
 
 
-def _zip_with(tmp_path, name, data=b"x", symlink=False):
+def _zip_with(tmp_path, name, data=b"x", mode=None):
     path = tmp_path / "evil.zip"
     with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("cifake/ok.txt", b"fine")
         info = zipfile.ZipInfo(name)
-        if symlink:
-            info.external_attr = (0o120777 << 16)
+        if mode is not None:
+            info.external_attr = mode << 16
         zf.writestr(info, data)
     return path
 
 
+def _tar_with(tmp_path, member: tarfile.TarInfo, data=b""):
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tf:
+        ok = tarfile.TarInfo("cifake/ok.txt")
+        ok.size = 4
+        tf.addfile(ok, io.BytesIO(b"fine"))
+        member.size = len(data) if member.type == tarfile.REGTYPE else 0
+        tf.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+def _tar_member(name, type_=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = type_, linkname
+    return info
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs/path.txt", "a/../../escape.txt"])
 def test_archive_members_escaping_are_refused(tmp_path, name):
-    with pytest.raises(AigiError, match="escapes the extraction folder"):
-        sources.extract_archive(_zip_with(tmp_path, name), tmp_path / "out", 10**9, 10**6)
-    assert not (tmp_path / "escape.txt").exists()
+    for archive in (_zip_with(tmp_path, name), _tar_with(tmp_path, _tar_member(name), b"evil")):
+        out = tmp_path / "out"
+        with pytest.raises(AigiError, match=rf"refusing member '{re.escape(name)}': its path escapes the extraction"):
+            sources.extract_archive(archive, out, 10**9, 10**6)
+        assert not (tmp_path / "escape.txt").exists() and not Path("/abs/path.txt").exists()
+        # a zip is checked whole before anything is written
+        assert archive.suffix == ".tar" or not (out / "cifake" / "ok.txt").exists()
 
 
-def test_archive_symlink_and_tar_device_refused(tmp_path):
+@pytest.mark.parametrize("mode, what", [(0o120777, "a symbolic link"), (0o020666, "a character device"),
+                                        (0o060666, "a block device"), (0o010666, "a fifo")])
+def test_zip_links_and_special_files_refused(tmp_path, mode, what):
+    archive = _zip_with(tmp_path, "cifake/odd", b"/etc/passwd", mode=mode)
+    with pytest.raises(AigiError, match=f"refusing member 'cifake/odd': it is {what}, not a regular file"):
+        sources.extract_archive(archive, tmp_path / "out", 10**9, 10**6)
+    assert not (tmp_path / "out" / "cifake").exists()
+
+
+@pytest.mark.parametrize("type_, what", [(tarfile.SYMTYPE, "a symbolic link"), (tarfile.LNKTYPE, "a hard link"),
+                                         (tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device"),
+                                         (tarfile.FIFOTYPE, "a fifo")])
+def test_tar_links_and_special_files_refused(tmp_path, type_, what):
+    archive = _tar_with(tmp_path, _tar_member("cifake/odd", type_, linkname="/etc/passwd"))
+    with pytest.raises(AigiError, match=f"refusing member 'cifake/odd': it is {what}, not a regular file"):
+        sources.extract_archive(archive, tmp_path / "out", 10**9, 10**6)
+    assert not (tmp_path / "out" / "cifake" / "odd").exists()
+
+
+def test_hostile_archive_leaves_nothing_behind(tmp_path):
+    archive = _tar_with(tmp_path, _tar_member("cifake/train/REAL/x.jpg", tarfile.SYMTYPE, "/etc/passwd"))
     with pytest.raises(AigiError, match="symbolic link"):
-        sources.extract_archive(_zip_with(tmp_path, "link", b"/etc/passwd", symlink=True), tmp_path / "o", 10**9, 10**6)
-    tpath = tmp_path / "dev.tar"
-    with tarfile.open(tpath, "w") as tf:
-        info = tarfile.TarInfo("dev/null")
-        info.type = tarfile.CHRTYPE
-        tf.addfile(info)
-        link = tarfile.TarInfo("ln")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc"
-    with pytest.raises(AigiError, match="device or fifo"):
-        sources.extract_archive(tpath, tmp_path / "o2", 10**9, 10**6)
+        _download(tmp_path, source="local", path=str(archive))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
 
 
-def test_archive_bombs_refused(tmp_path):
+def test_archive_bombs_refused_before_extraction_completes(tmp_path):
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * 5_000_000)
-    with pytest.raises(AigiError, match="expands to over 1,000,000 bytes"):
+    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise data.max_archive_bytes"):
         sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
-    with pytest.raises(AigiError, match=r"over 1 members"):
+    assert not (tmp_path / "o" / "big.bin").exists()  # refused from the member list, before writing
+    with pytest.raises(AigiError, match=r"over 1 members; raise data.max_archive_members"):
         many = tmp_path / "many.zip"
         with zipfile.ZipFile(many, "w") as zf:
             zf.writestr("a", b"1")
             zf.writestr("b", b"2")
         sources.extract_archive(many, tmp_path / "o3", 10**9, 1)
+    # a tar is a stream: the limit stops it at the member that crosses it
+    tpath = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        for name in ("a.bin", "b.bin", "c.bin"):
+            info = tarfile.TarInfo(name)
+            info.size = 600_000
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(AigiError, match=r"bomb.tar.gz: expands to over 1,000,000 bytes"):
+        sources.extract_archive(tpath, tmp_path / "t", 1_000_000, 10**6)
+    assert (tmp_path / "t" / "a.bin").exists() and not (tmp_path / "t" / "b.bin").exists()
+    with pytest.raises(AigiError, match=r"bomb.tar.gz: over 2 members"):
+        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2)
+    assert not (tmp_path / "t2" / "c.bin").exists()
 
 
 def test_corrupt_archive(tmp_path):
