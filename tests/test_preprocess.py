@@ -77,6 +77,28 @@ def test_bad_images_skipped_and_listed_or_fail(synthetic_raw, tmp_path):
     assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
 
 
+def test_odd_modes_sizes_and_bombs_through_the_stage(synthetic_raw, tmp_path):
+    from PIL import Image
+
+    folder = synthetic_raw / "test" / "FAKE"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    rgb.convert("L").save(folder / "grey.png")
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "clear.png")  # transparent -> white
+    rgb.convert("P").save(folder / "palette.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.resize((64, 48)).save(folder / "wide.png")  # not 32x32: accepted, centre-cropped, counted
+    Image.new("L", (2000, 2000)).save(folder / "bomb.png")  # 4 Mpx in a few KB
+    m = _run(synthetic_raw, tmp_path / "p", max_image_pixels=1_000_000)
+    assert m["splits"]["test"]["per_class"]["FAKE"] == 12 + 5
+    assert m["splits"]["test"]["not_32x32"] == 1 and m["splits"]["test"]["other_sizes"] == {"64x48": 1}
+    assert m["skipped"] == [{"file": "test/FAKE/bomb.png", "reason": m["skipped"][0]["reason"]}]
+    assert "decompression-bomb guard" in m["skipped"][0]["reason"]
+    images, table = load_split(tmp_path / "p", "test")
+    assert (images[list(table.file).index("test/FAKE/clear.png")] == 255).all()
+    grey = images[list(table.file).index("test/FAKE/grey.png")].astype(int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
 def test_missing_raw_folder(tmp_path):
     with pytest.raises(AigiError, match="re-run the download stage"):
         _run(tmp_path / "nothing", tmp_path / "p")

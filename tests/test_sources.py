@@ -190,30 +190,99 @@ def test_corrupt_archive(tmp_path):
         _download(tmp_path, source="local", path=str(path))
 
 
-def test_kaggle_offline_gives_one_line_with_the_local_hint(tmp_path, monkeypatch):
-    import kagglehub
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails, as on a machine without network."""
+    import socket
 
-    def offline(handle, *a, **k):
-        raise ConnectionError("Failed to establish a new connection:\n[Errno 101] Network is unreachable")
+    def refuse(*a, **k):
+        raise OSError(101, "Network is unreachable (blocked in tests)")
 
-    monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    with pytest.raises(AigiError) as err:
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _fake_kagglehub_cache(root: Path, monkeypatch, handle: str, version: int) -> Path:
+    """A kagglehub cache (KAGGLEHUB_CACHE) holding a complete copy of `handle` at `version`."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(root))
+    h = parse_dataset_handle(handle).with_version(version)
+    folder = Path(Cache().get_path(h))
+    _cifake_tree(folder / "cifake", upper=False)  # the Kaggle zip nests one folder deep, lower-case allowed
+    Cache().mark_as_complete(h)
+    return folder
+
+
+def test_kaggle_pinned_version_comes_from_the_cache_without_network(tmp_path, monkeypatch, no_network):
+    handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+    folder = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
+    _, info = _download(tmp_path, source="kaggle", kaggle_dataset=f"{handle}/versions/3")
+    assert info["counts"]["train/REAL"] == 3 and info["version"] == "3" and info["cache"] == str(folder)
+    assert "note" not in info
+
+
+def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, monkeypatch, no_network):
+    handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+    _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 2)
+    newest = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
+    (newest.parent / "4").mkdir()  # an incomplete download (no completion marker) is not used
+    _, info = _download(tmp_path, source="kaggle")
+    assert info["version"] == "3" and info["note"].startswith("offline (")
+    assert info["counts"] == {"train/REAL": 3, "train/FAKE": 3, "test/REAL": 2, "test/FAKE": 2}
+
+
+def test_kaggle_offline_without_cache_is_one_line(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(AigiError, match=r"^data.source 'kaggle': could not download .*data.source: local") as err:
         _download(tmp_path, source="kaggle")
-    msg = str(err.value)
-    assert "\n" not in msg and "birdy654/cifake-real-and-ai-generated-synthetic-images" in msg
-    assert "data.source: local" in msg
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
 
 
-def test_kaggle_uses_kagglehub_cache_folder(tmp_path, monkeypatch):
-    import kagglehub
+def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
+    import huggingface_hub
 
-    cache = _cifake_tree(tmp_path / "kagglehub" / "datasets" / "birdy654" / "cifake" / "versions" / "3")
+    snapshot = _cifake_tree(tmp_path / "hub" / "snapshots" / "abc123")
     calls = []
-    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: calls.append(handle) or str(cache))
-    _, info = _download(tmp_path, source="kaggle")
-    assert calls == ["birdy654/cifake-real-and-ai-generated-synthetic-images"]
-    assert info["counts"]["train/REAL"] == 3 and info["cache"] == str(cache)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, repo_type: calls.append((repo_id, repo_type)) or str(snapshot))
+    _, info = _download(tmp_path / "a", source="huggingface", huggingface_dataset="someone/cifake")
+    assert calls == [("someone/cifake", "dataset")]
+    assert info["version"] == "abc123" and info["counts"]["test/FAKE"] == 2
+
+    def offline(**k):
+        raise ConnectionError("Max retries exceeded\n[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(AigiError, match=r"data.source 'huggingface': could not download someone/cifake .*local"):
+        _download(tmp_path / "b", source="huggingface", huggingface_dataset="someone/cifake")
+    assert not (tmp_path / "b" / "data" / "raw").exists()
+
+
+def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch):
+    tree = _cifake_tree(tmp_path / "tree")
+    zpath = tmp_path / "cifake.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in tree.rglob("*"):
+            zf.write(f, f.relative_to(tree))
+    monkeypatch.setattr(sources, "CACHE", tmp_path / "cache")
+    opened = []
+    real_urlopen = sources.urllib.request.urlopen
+    monkeypatch.setattr(sources.urllib.request, "urlopen",
+                        lambda url, **k: opened.append(url) or real_urlopen(url, **k))
+    url, digest = "file://" + str(zpath), sources.sha256_file(zpath)
+    _, first = _download(tmp_path / "a", source="url", url=url, sha256=digest)
+    _, second = _download(tmp_path / "b", source="url", url=url, sha256=digest)
+    _, third = _download(tmp_path / "c", source="url", url=url)  # no expected hash: the cached copy is used
+    assert opened == [url] and first["downloaded"] and not second["downloaded"] and not third["downloaded"]
+    assert first["counts"] == second["counts"] == third["counts"]
+    # a cached copy that no longer matches the expected hash is fetched again
+    Path(first["cache"]).write_bytes(b"corrupted")
+    _, fourth = _download(tmp_path / "d", source="url", url=url, sha256=digest)
+    assert fourth["downloaded"] and len(opened) == 2
 
 
 def test_url_source_verifies_sha256_and_caches(tmp_path, monkeypatch):
