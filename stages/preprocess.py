@@ -12,8 +12,11 @@ def main() -> None:
     p = params.load()
     manifest = preprocess.run(RAW_CIFAKE, PROCESSED, p.preprocess, p.seed, input_size(p.model.arch))
     for split, info in manifest["splits"].items():
-        print(f"preprocess: {split}: {info['per_class']} ({info['skipped']} skipped)")
-    print(f"preprocess: duplicates: {manifest['duplicates']['train_test_shared']} shared by train and test")
+        print(f"preprocess: {split}: {info['per_class']} ({info['skipped']} skipped, {info['not_32x32']} not 32x32)")
+    dup = manifest["duplicates"]
+    print(f"preprocess: duplicates dropped: {dup['within_train_dropped']} in train, {dup['within_test_dropped']} in "
+          f"test, {dup['train_copies_of_test_dropped']} train copies of test ({dup['train_test_shared']} shared)")
+    print(f"preprocess: ignored {manifest['ignored_non_image_files']} non-image files; details in manifest.json")
 
 
 if __name__ == "__main__":

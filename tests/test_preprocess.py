@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 
 from aigi.data import preprocess
+from aigi.data.images import load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, load_split
 from aigi.errors import AigiError
 from aigi.params import PreprocessParams
@@ -24,7 +26,12 @@ def test_splits_counts_arrays_and_manifest(synthetic_raw, tmp_path):
     images, table = load_split(out, "train")
     assert images.shape == (48, 48, 48, 3) and images.dtype == np.uint8
     assert isinstance(images, np.memmap)
-    assert set(table.columns) == {"file", "label", "label_name"}
+    assert list(table.columns) == ["file", "label", "label_name", "sha256"]
+    # every row holds the image its table row names, resized by the shared function
+    for i in (0, len(table) // 2, len(table) - 1):
+        expected = to_model_input([load_rgb(synthetic_raw / table.file[i])], 48)[0]
+        assert (images[i] == expected).all()
+        assert table.sha256[i] == hashlib.sha256((synthetic_raw / table.file[i]).read_bytes()).hexdigest()
     # train, val and test never share a file
     files = {s: set(load_split(out, s)[1]["file"]) for s in ("train", "val", "test")}
     assert not files["train"] & files["val"] and all(f.startswith("test/") for f in files["test"])
@@ -70,15 +77,38 @@ def test_bad_images_skipped_and_listed_or_fail(synthetic_raw, tmp_path):
     assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
 
 
+def test_odd_modes_sizes_and_bombs_through_the_stage(synthetic_raw, tmp_path):
+    from PIL import Image
+
+    folder = synthetic_raw / "test" / "FAKE"
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    rgb.convert("L").save(folder / "grey.png")
+    Image.new("RGBA", (32, 32), (0, 0, 0, 0)).save(folder / "clear.png")  # transparent -> white
+    rgb.convert("P").save(folder / "palette.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    rgb.resize((64, 48)).save(folder / "wide.png")  # not 32x32: accepted, centre-cropped, counted
+    Image.new("L", (2000, 2000)).save(folder / "bomb.png")  # 4 Mpx in a few KB
+    m = _run(synthetic_raw, tmp_path / "p", max_image_pixels=1_000_000)
+    assert m["splits"]["test"]["per_class"]["FAKE"] == 12 + 5
+    assert m["splits"]["test"]["not_32x32"] == 1 and m["splits"]["test"]["other_sizes"] == {"64x48": 1}
+    assert m["skipped"] == [{"file": "test/FAKE/bomb.png", "reason": m["skipped"][0]["reason"]}]
+    assert "decompression-bomb guard" in m["skipped"][0]["reason"]
+    images, table = load_split(tmp_path / "p", "test")
+    assert (images[list(table.file).index("test/FAKE/clear.png")] == 255).all()
+    grey = images[list(table.file).index("test/FAKE/grey.png")].astype(int)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
 def test_missing_raw_folder(tmp_path):
     with pytest.raises(AigiError, match="re-run the download stage"):
         _run(tmp_path / "nothing", tmp_path / "p")
 
 
-def test_array_writer_truncates_to_rows_written(tmp_path):
+def test_array_writer_compacts_blocks_with_holes(tmp_path):
     w = ArrayWriter(tmp_path / "x.npy", capacity=10, row_shape=(2, 2, 3))
-    w.append(np.ones((3, 2, 2, 3), np.uint8))
-    w.append(np.full((2, 2, 2, 3), 7, np.uint8))
-    w.close()
-    arr = np.load(tmp_path / "x.npy")
-    assert arr.shape == (5, 2, 2, 3) and arr[-1].max() == 7
+    w.rows.write(0, np.ones((3, 2, 2, 3), np.uint8))  # slot 0..4, 3 rows filled
+    w.rows.write(5, np.full((2, 2, 2, 3), 7, np.uint8))  # slot 5..9, 2 rows filled
+    assert w.close([(0, 3), (5, 2)]) == 5
+    arr = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert arr.shape == (5, 2, 2, 3) and arr[:3].max() == 1 and (arr[3:] == 7).all()
+    assert (tmp_path / "x.npy").stat().st_size == arr.offset + 5 * 12

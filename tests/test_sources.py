@@ -1,4 +1,6 @@
+import io
 import json
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -88,50 +90,97 @@ def test_missing_local_path(tmp_path):
         _download(tmp_path, source="local", path=str(tmp_path / "nope"))
 
 
-def _zip_with(tmp_path, name, data=b"x", symlink=False):
+def _zip_with(tmp_path, name, data=b"x", mode=None):
     path = tmp_path / "evil.zip"
     with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("cifake/ok.txt", b"fine")
         info = zipfile.ZipInfo(name)
-        if symlink:
-            info.external_attr = (0o120777 << 16)
+        if mode is not None:
+            info.external_attr = mode << 16
         zf.writestr(info, data)
     return path
 
 
+def _tar_with(tmp_path, member: tarfile.TarInfo, data=b""):
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tf:
+        ok = tarfile.TarInfo("cifake/ok.txt")
+        ok.size = 4
+        tf.addfile(ok, io.BytesIO(b"fine"))
+        member.size = len(data) if member.type == tarfile.REGTYPE else 0
+        tf.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+def _tar_member(name, type_=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = type_, linkname
+    return info
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs/path.txt", "a/../../escape.txt"])
 def test_archive_members_escaping_are_refused(tmp_path, name):
-    with pytest.raises(AigiError, match="escapes the extraction folder"):
-        sources.extract_archive(_zip_with(tmp_path, name), tmp_path / "out", 10**9, 10**6)
-    assert not (tmp_path / "escape.txt").exists()
+    for archive in (_zip_with(tmp_path, name), _tar_with(tmp_path, _tar_member(name), b"evil")):
+        out = tmp_path / "out"
+        with pytest.raises(AigiError, match=rf"refusing member '{re.escape(name)}': its path escapes the extraction"):
+            sources.extract_archive(archive, out, 10**9, 10**6)
+        assert not (tmp_path / "escape.txt").exists() and not Path("/abs/path.txt").exists()
+        # a zip is checked whole before anything is written
+        assert archive.suffix == ".tar" or not (out / "cifake" / "ok.txt").exists()
 
 
-def test_archive_symlink_and_tar_device_refused(tmp_path):
+@pytest.mark.parametrize("mode, what", [(0o120777, "a symbolic link"), (0o020666, "a character device"),
+                                        (0o060666, "a block device"), (0o010666, "a fifo")])
+def test_zip_links_and_special_files_refused(tmp_path, mode, what):
+    archive = _zip_with(tmp_path, "cifake/odd", b"/etc/passwd", mode=mode)
+    with pytest.raises(AigiError, match=f"refusing member 'cifake/odd': it is {what}, not a regular file"):
+        sources.extract_archive(archive, tmp_path / "out", 10**9, 10**6)
+    assert not (tmp_path / "out" / "cifake").exists()
+
+
+@pytest.mark.parametrize("type_, what", [(tarfile.SYMTYPE, "a symbolic link"), (tarfile.LNKTYPE, "a hard link"),
+                                         (tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device"),
+                                         (tarfile.FIFOTYPE, "a fifo")])
+def test_tar_links_and_special_files_refused(tmp_path, type_, what):
+    archive = _tar_with(tmp_path, _tar_member("cifake/odd", type_, linkname="/etc/passwd"))
+    with pytest.raises(AigiError, match=f"refusing member 'cifake/odd': it is {what}, not a regular file"):
+        sources.extract_archive(archive, tmp_path / "out", 10**9, 10**6)
+    assert not (tmp_path / "out" / "cifake" / "odd").exists()
+
+
+def test_hostile_archive_leaves_nothing_behind(tmp_path):
+    archive = _tar_with(tmp_path, _tar_member("cifake/train/REAL/x.jpg", tarfile.SYMTYPE, "/etc/passwd"))
     with pytest.raises(AigiError, match="symbolic link"):
-        sources.extract_archive(_zip_with(tmp_path, "link", b"/etc/passwd", symlink=True), tmp_path / "o", 10**9, 10**6)
-    tpath = tmp_path / "dev.tar"
-    with tarfile.open(tpath, "w") as tf:
-        info = tarfile.TarInfo("dev/null")
-        info.type = tarfile.CHRTYPE
-        tf.addfile(info)
-        link = tarfile.TarInfo("ln")
-        link.type = tarfile.SYMTYPE
-        link.linkname = "/etc"
-    with pytest.raises(AigiError, match="device or fifo"):
-        sources.extract_archive(tpath, tmp_path / "o2", 10**9, 10**6)
+        _download(tmp_path, source="local", path=str(archive))
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []
 
 
-def test_archive_bombs_refused(tmp_path):
+def test_archive_bombs_refused_before_extraction_completes(tmp_path):
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * 5_000_000)
-    with pytest.raises(AigiError, match="expands to over 1,000,000 bytes"):
+    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise data.max_archive_bytes"):
         sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
-    with pytest.raises(AigiError, match=r"over 1 members"):
+    assert not (tmp_path / "o" / "big.bin").exists()  # refused from the member list, before writing
+    with pytest.raises(AigiError, match=r"over 1 members; raise data.max_archive_members"):
         many = tmp_path / "many.zip"
         with zipfile.ZipFile(many, "w") as zf:
             zf.writestr("a", b"1")
             zf.writestr("b", b"2")
         sources.extract_archive(many, tmp_path / "o3", 10**9, 1)
+    # a tar is a stream: the limit stops it at the member that crosses it
+    tpath = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        for name in ("a.bin", "b.bin", "c.bin"):
+            info = tarfile.TarInfo(name)
+            info.size = 600_000
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(AigiError, match=r"bomb.tar.gz: expands to over 1,000,000 bytes"):
+        sources.extract_archive(tpath, tmp_path / "t", 1_000_000, 10**6)
+    assert (tmp_path / "t" / "a.bin").exists() and not (tmp_path / "t" / "b.bin").exists()
+    with pytest.raises(AigiError, match=r"bomb.tar.gz: over 2 members"):
+        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2)
+    assert not (tmp_path / "t2" / "c.bin").exists()
 
 
 def test_corrupt_archive(tmp_path):
@@ -141,30 +190,99 @@ def test_corrupt_archive(tmp_path):
         _download(tmp_path, source="local", path=str(path))
 
 
-def test_kaggle_offline_gives_one_line_with_the_local_hint(tmp_path, monkeypatch):
-    import kagglehub
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails, as on a machine without network."""
+    import socket
 
-    def offline(handle, *a, **k):
-        raise ConnectionError("Failed to establish a new connection:\n[Errno 101] Network is unreachable")
+    def refuse(*a, **k):
+        raise OSError(101, "Network is unreachable (blocked in tests)")
 
-    monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    with pytest.raises(AigiError) as err:
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _fake_kagglehub_cache(root: Path, monkeypatch, handle: str, version: int) -> Path:
+    """A kagglehub cache (KAGGLEHUB_CACHE) holding a complete copy of `handle` at `version`."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(root))
+    h = parse_dataset_handle(handle).with_version(version)
+    folder = Path(Cache().get_path(h))
+    _cifake_tree(folder / "cifake", upper=False)  # the Kaggle zip nests one folder deep, lower-case allowed
+    Cache().mark_as_complete(h)
+    return folder
+
+
+def test_kaggle_pinned_version_comes_from_the_cache_without_network(tmp_path, monkeypatch, no_network):
+    handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+    folder = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
+    _, info = _download(tmp_path, source="kaggle", kaggle_dataset=f"{handle}/versions/3")
+    assert info["counts"]["train/REAL"] == 3 and info["version"] == "3" and info["cache"] == str(folder)
+    assert "note" not in info
+
+
+def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, monkeypatch, no_network):
+    handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+    _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 2)
+    newest = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
+    (newest.parent / "4").mkdir()  # an incomplete download (no completion marker) is not used
+    _, info = _download(tmp_path, source="kaggle")
+    assert info["version"] == "3" and info["note"].startswith("offline (")
+    assert info["counts"] == {"train/REAL": 3, "train/FAKE": 3, "test/REAL": 2, "test/FAKE": 2}
+
+
+def test_kaggle_offline_without_cache_is_one_line(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(AigiError, match=r"^data.source 'kaggle': could not download .*data.source: local") as err:
         _download(tmp_path, source="kaggle")
-    msg = str(err.value)
-    assert "\n" not in msg and "birdy654/cifake-real-and-ai-generated-synthetic-images" in msg
-    assert "data.source: local" in msg
+    assert "\n" not in str(err.value)
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
 
 
-def test_kaggle_uses_kagglehub_cache_folder(tmp_path, monkeypatch):
-    import kagglehub
+def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
+    import huggingface_hub
 
-    cache = _cifake_tree(tmp_path / "kagglehub" / "datasets" / "birdy654" / "cifake" / "versions" / "3")
+    snapshot = _cifake_tree(tmp_path / "hub" / "snapshots" / "abc123")
     calls = []
-    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: calls.append(handle) or str(cache))
-    _, info = _download(tmp_path, source="kaggle")
-    assert calls == ["birdy654/cifake-real-and-ai-generated-synthetic-images"]
-    assert info["counts"]["train/REAL"] == 3 and info["cache"] == str(cache)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, repo_type: calls.append((repo_id, repo_type)) or str(snapshot))
+    _, info = _download(tmp_path / "a", source="huggingface", huggingface_dataset="someone/cifake")
+    assert calls == [("someone/cifake", "dataset")]
+    assert info["version"] == "abc123" and info["counts"]["test/FAKE"] == 2
+
+    def offline(**k):
+        raise ConnectionError("Max retries exceeded\n[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(AigiError, match=r"data.source 'huggingface': could not download someone/cifake .*local"):
+        _download(tmp_path / "b", source="huggingface", huggingface_dataset="someone/cifake")
+    assert not (tmp_path / "b" / "data" / "raw").exists()
+
+
+def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch):
+    tree = _cifake_tree(tmp_path / "tree")
+    zpath = tmp_path / "cifake.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in tree.rglob("*"):
+            zf.write(f, f.relative_to(tree))
+    monkeypatch.setattr(sources, "CACHE", tmp_path / "cache")
+    opened = []
+    real_urlopen = sources.urllib.request.urlopen
+    monkeypatch.setattr(sources.urllib.request, "urlopen",
+                        lambda url, **k: opened.append(url) or real_urlopen(url, **k))
+    url, digest = "file://" + str(zpath), sources.sha256_file(zpath)
+    _, first = _download(tmp_path / "a", source="url", url=url, sha256=digest)
+    _, second = _download(tmp_path / "b", source="url", url=url, sha256=digest)
+    _, third = _download(tmp_path / "c", source="url", url=url)  # no expected hash: the cached copy is used
+    assert opened == [url] and first["downloaded"] and not second["downloaded"] and not third["downloaded"]
+    assert first["counts"] == second["counts"] == third["counts"]
+    # a cached copy that no longer matches the expected hash is fetched again
+    Path(first["cache"]).write_bytes(b"corrupted")
+    _, fourth = _download(tmp_path / "d", source="url", url=url, sha256=digest)
+    assert fourth["downloaded"] and len(opened) == 2
 
 
 def test_url_source_verifies_sha256_and_caches(tmp_path, monkeypatch):

@@ -99,19 +99,37 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _bands(in_size: int, out_size: int, block: int = 32) -> tuple[tuple[int, int, int, int], ...]:
+    """(first row, end row, first column, end column) of the non-zero band of each block of output rows."""
+    nonzero = resize_matrix(in_size, out_size) != 0
+    out = []
+    for r0 in range(0, out_size, block):
+        cols = np.flatnonzero(nonzero[r0 : r0 + block].any(axis=0))
+        out.append((r0, min(r0 + block, out_size), int(cols[0]), int(cols[-1]) + 1))
+    return tuple(out)
+
+
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device."""
     x = torch.as_tensor(batch)
-    _, h, w, _ = x.shape
+    n, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
     rows = torch.from_numpy(resize_matrix(h, size)).to(x.device)
     cols = torch.from_numpy(resize_matrix(w, size)).to(x.device)
-    x = x.permute(0, 3, 1, 2).float()  # N,3,h,w
     # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
-    x = (x @ cols.T).round_().clamp_(0, 255)
-    x = (rows @ x).round_().clamp_(0, 255)
-    return x.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
+    # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
+    # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
+    # matrix skips the zeros (4x less work for 32 -> 224).
+    x = x.permute(1, 0, 3, 2).float() @ cols.T  # h, N, 3, size
+    x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * size * 3)
+    out = torch.empty(size, n * size * 3, device=x.device)
+    for r0, r1, c0, c1 in _bands(h, size):
+        torch.mm(rows[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
+    out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
+    return out.view(size, n, size, 3).permute(1, 0, 2, 3).contiguous()
 
 
 def center_square(img: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -18,6 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import yaml
 
 from aigi.data.images import is_image_file
+from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError
 from aigi.params import CLASSES, DataParams
@@ -82,14 +85,46 @@ def fetch_local(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
 def fetch_kaggle(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     import kagglehub  # imported here: it reads its config and env at import
 
+    handle = params.kaggle_dataset
+    note = None
     try:
-        # kagglehub caches under ~/.cache/kagglehub: a second run does not download again.
-        folder = Path(kagglehub.dataset_download(params.kaggle_dataset))
+        # kagglehub caches under ~/.cache/kagglehub ($KAGGLEHUB_CACHE): a second run does not download again.
+        folder = Path(kagglehub.dataset_download(handle))
     except Exception as e:  # kagglehub raises requests/urllib3/its own errors alike
-        raise AigiError(
-            f"data.source 'kaggle': could not download {params.kaggle_dataset} ({_short(e)}); {OFFLINE_HINT}"
-        ) from None
-    return {"id": params.kaggle_dataset, "cache": str(folder), **import_dataset(folder, out, params)}
+        # An unpinned handle asks the API for the latest version even when a copy is cached: offline,
+        # fall back to the newest complete copy in the cache rather than fail.
+        cached = _kaggle_cached(handle)
+        if cached is None:
+            raise AigiError(
+                f"data.source 'kaggle': could not download {handle} ({_short(e)}); {OFFLINE_HINT}"
+            ) from None
+        folder, note = cached, f"offline ({_short(e)}); used the cached copy"
+    version = folder.name if folder.parent.name == "versions" else None
+    info = {"id": handle, "version": version, "cache": str(folder), **({"note": note} if note else {})}
+    return {**info, **import_dataset(folder, out, params)}
+
+
+def _kaggle_cached(handle: str) -> Path | None:
+    """The newest complete copy of a Kaggle dataset in kagglehub's cache, or None."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    try:
+        h = parse_dataset_handle(handle)
+    except Exception:
+        return None
+    cache = Cache()
+    if h.is_versioned():
+        found = cache.load_from_cache(h)
+        return Path(found) if found else None
+    versions = Path(cache.get_path(h)) / "versions"
+    numbers = sorted((int(v.name) for v in versions.iterdir() if v.name.isdigit()), reverse=True) \
+        if versions.is_dir() else []
+    for n in numbers:
+        found = cache.load_from_cache(h.with_version(n))
+        if found:
+            return Path(found)
+    return None
 
 
 def fetch_huggingface(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
@@ -110,15 +145,20 @@ def fetch_huggingface(params: DataParams, seed: int, out: Path) -> dict[str, Any
 
 def fetch_url(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     url = params.url or ""
+    expected = params.sha256.lower() if params.sha256 else None
     name = Path(urllib.request.url2pathname(url.split("?")[0])).name or "cifake.zip"
+    # Cached per URL: a repeated run (or another checkout on this machine) does not download again.
     cached = CACHE / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
-    if not (cached.is_file() and (not params.sha256 or sha256_file(cached) == params.sha256.lower())):
+    digest = sha256_file(cached) if cached.is_file() else None
+    fetched = digest is None or (expected is not None and digest != expected)
+    if fetched:
         _download_file(url, cached)
-    digest = sha256_file(cached)
-    if params.sha256 and digest != params.sha256.lower():
+        digest = sha256_file(cached)
+    if expected and digest != expected:
         cached.unlink()
         raise AigiError(f"data.url: SHA-256 mismatch (expected {params.sha256}, got {digest}); check data.sha256")
-    return {"id": url, "archive_sha256": digest, **import_dataset(cached, out, params)}
+    info = {"id": url, "archive_sha256": digest, "cache": str(cached), "downloaded": fetched}
+    return {**info, **import_dataset(cached, out, params)}
 
 
 FETCHERS: dict[str, Callable[[DataParams, int, Path], dict[str, Any]]] = {
@@ -154,14 +194,14 @@ def _short(e: BaseException) -> str:
 # ---------------------------------------------------------------- layout and import
 
 
-def import_dataset(path: Path, out: Path, params: DataParams) -> dict[str, Any]:
-    """Copy a CIFAKE-layout folder, or the folder inside an archive, into `out`."""
+def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
+    """Copy a CIFAKE-layout folder, or the folder inside an archive, into `out` (files moved when `move`)."""
     if path.is_file():
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
             raise AigiError(f"{path}: not a folder or a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members)
-            return import_dataset(Path(tmp), out, params)
+            return import_dataset(Path(tmp), out, params, move=True)  # our own scratch copy: move, not copy
     layout = find_layout(path)
     ignored = 0
     for (split, label), folder in layout.items():
@@ -170,7 +210,7 @@ def import_dataset(path: Path, out: Path, params: DataParams) -> dict[str, Any]:
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
         for f in progress(files, desc=f"import {split}/{label}", unit="file", leave=False):
             if is_image_file(f):
-                shutil.copyfile(f, target / _flat_name(f, folder))
+                (os.replace if move else shutil.copyfile)(f, target / _flat_name(f, folder))
             else:
                 ignored += 1
     return {"ignored_non_image_files": ignored}
@@ -183,10 +223,10 @@ def _flat_name(f: Path, folder: Path) -> str:
 
 def _child(folder: Path, name: str) -> Path | None:
     """The sub-folder of `folder` called `name`, matched case-insensitively."""
-    for c in folder.iterdir():
-        if c.is_dir() and not c.is_symlink() and c.name.lower() == name.lower():
-            return c
-    return None
+    found = sorted(c for c in folder.iterdir() if c.is_dir() and not c.is_symlink() and c.name.lower() == name.lower())
+    if len(found) > 1:
+        raise AigiError(f"{folder}: {' and '.join(c.name for c in found)} differ only in case; merge them into one")
+    return found[0] if found else None
 
 
 def find_layout(root: Path, depth: int = 3) -> dict[tuple[str, str], Path]:
@@ -215,31 +255,56 @@ def find_layout(root: Path, depth: int = 3) -> dict[tuple[str, str], Path]:
 
 
 def import_parquet(folder: Path, out: Path) -> dict[str, Any]:
-    """Hugging Face parquet shards (an image column with bytes, a label column) -> image files."""
-    import pandas as pd
+    """Hugging Face parquet shards (an image column with bytes, a label column) -> image files.
+
+    Read in record batches, so memory stays flat whatever the shard size. A shard's split comes from
+    its path (`train-00000-of-00002.parquet`, `data/test/...`); files keep the image's original name
+    when the shard stores one.
+    """
+    import pyarrow.parquet as pq
 
     names = _hf_label_names(folder)
     written = 0
     for shard in sorted(folder.rglob("*.parquet")):
-        split = next((s for s in SPLITS if s in shard.relative_to(folder).as_posix().lower()), None)
+        tokens = set(re.split(r"[^a-z]+", shard.relative_to(folder).as_posix().lower()))
+        split = next((s for s in SPLITS if s in tokens), None)
         if split is None:
             continue
-        frame = pd.read_parquet(shard)
-        if "image" not in frame or "label" not in frame:
-            raise AigiError(f"{shard.name}: expected columns 'image' and 'label', found {list(frame.columns)}")
-        for i, (image, label) in enumerate(zip(frame["image"], frame["label"], strict=True)):
-            label_name = names[int(label)] if names and not isinstance(label, str) else str(label)
-            label_name = label_name.upper()
-            if label_name not in CLASSES:
-                raise AigiError(f"{shard.name}: label {label!r} is neither REAL nor FAKE")
-            data = image["bytes"] if isinstance(image, dict) else image
-            target = out / split / label_name / f"{shard.stem}-{i:06d}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            written += 1
+        pf = pq.ParquetFile(shard)
+        columns = pf.schema_arrow.names
+        if "image" not in columns or "label" not in columns:
+            raise AigiError(f"{shard.name}: expected columns 'image' and 'label', found {columns}")
+        i = 0
+        for batch in pf.iter_batches(columns=["image", "label"], batch_size=1024):
+            for image, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist(), strict=True):
+                label_name = (names[int(label)] if names and not isinstance(label, str) else str(label)).upper()
+                if label_name not in CLASSES:
+                    raise AigiError(
+                        f"{shard.name}: label {label!r} is neither REAL nor FAKE (nor a class index the "
+                        f"dataset card's features name)"
+                    )
+                data = image["bytes"] if isinstance(image, dict) else image
+                original = Path((image.get("path") if isinstance(image, dict) else None) or "").name
+                stem = f"{shard.stem}-{i:06d}"
+                name = original if is_image_file(original) else stem + _image_suffix(data)
+                target = out / split / label_name / name
+                if target.exists():  # two rows with one original name: keep both
+                    target = target.with_name(f"{stem}-{name}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+                written += 1
+                i += 1
     if not written:
         raise AigiError(f"{folder}: no parquet shard named for a train or test split")
     return {"format": "parquet"}
+
+
+def _image_suffix(data: bytes) -> str:
+    """A file suffix from the image's magic bytes (PIL reads any of them regardless)."""
+    for magic, suffix in ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp")):
+        if data.startswith(magic):
+            return suffix
+    return ".webp" if data[8:12] == b"WEBP" else ".png"
 
 
 def _hf_label_names(folder: Path) -> list[str] | None:
@@ -262,7 +327,12 @@ def _hf_label_names(folder: Path) -> list[str] | None:
 
 
 def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
-    """Extract a zip or tar, refusing members that escape `dest`, links, devices, and bombs."""
+    """Extract a zip or tar, refusing members that escape `dest`, links, devices, fifos, and bombs.
+
+    A zip's whole member list is checked before anything is written; a tar (a stream) is checked
+    member by member, so a bad or over-limit member stops extraction before it completes. Either
+    way the caller's temporary folder is discarded on error.
+    """
     dest = dest.resolve()
 
     def check(name: str) -> Path:
@@ -271,9 +341,14 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
             raise AigiError(f"{archive.name}: refusing member '{name}': its path escapes the extraction folder")
         return target
 
+    def refuse(name: str, what: str) -> AigiError:
+        return AigiError(f"{archive.name}: refusing member '{name}': it is {what}, not a regular file or folder")
+
     def limits(count: int, total: int) -> None:
         if count > max_members:
-            raise AigiError(f"{archive.name}: over {max_members:,} members; raise data.max_archive_members if expected")
+            raise AigiError(
+                f"{archive.name}: over {max_members:,} members; raise data.max_archive_members if expected"
+            )
         if total > max_bytes:
             raise AigiError(
                 f"{archive.name}: expands to over {max_bytes:,} bytes; raise data.max_archive_bytes if expected"
@@ -284,11 +359,14 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
                 limits(len(infos), sum(i.file_size for i in infos))
+                for info in infos:
+                    check(info.filename)
+                    kind = stat.S_IFMT(info.external_attr >> 16)
+                    if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                        raise refuse(info.filename, _FILE_KINDS.get(kind, "a special file"))
                 written = 0
                 for info in progress(infos, desc=f"extract {archive.name}", unit="file", leave=False):
                     target = check(info.filename)
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        raise AigiError(f"{archive.name}: refusing member '{info.filename}': it is a symbolic link")
                     if info.is_dir():
                         target.mkdir(parents=True, exist_ok=True)
                         continue
@@ -308,8 +386,6 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                     total += max(member.size, 0)
                     limits(count, total)
                     target = check(member.name)
-                    if member.issym() or member.islnk():
-                        raise AigiError(f"{archive.name}: refusing member '{member.name}': it is a link")
                     if member.isdir():
                         target.mkdir(parents=True, exist_ok=True)
                     elif member.isfile():
@@ -317,24 +393,22 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                         with tf.extractfile(member) as src, open(target, "wb") as dst:  # type: ignore[union-attr]
                             shutil.copyfileobj(src, dst)
                     else:
-                        raise AigiError(f"{archive.name}: refusing member '{member.name}': it is a device or fifo")
+                        raise refuse(member.name, _TAR_KINDS.get(member.type, "a special file"))
         else:
             raise AigiError(f"{archive}: not a zip or tar archive")
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, OSError) and not isinstance(e, (EOFError,)) and e.errno is not None:
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
             raise AigiError(f"{archive.name}: could not extract ({_short(e)})") from None
         raise AigiError(f"{archive.name}: corrupt archive ({_short(e)})") from None
 
 
+_FILE_KINDS = {stat.S_IFLNK: "a symbolic link", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFIFO: "a fifo", stat.S_IFSOCK: "a socket"}
+_TAR_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a character device",
+              tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a fifo"}
+
+
 # ---------------------------------------------------------------- provenance
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def summarise(root: Path, sums_path: Path) -> dict[str, Any]:

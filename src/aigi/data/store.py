@@ -1,11 +1,13 @@
-"""On-disk formats: folders that appear only when complete, and chunk-written memory-mappable arrays."""
+"""On-disk formats: folders that appear only when complete, and memory-mappable arrays written by row range."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,37 +29,76 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     staging.rename(dest)
 
 
-class ArrayWriter:
-    """Append uint8 batches to an `.npy` file on disk, never holding more than one batch in RAM.
+@dataclass(frozen=True)
+class RowFile:
+    """Where row `i` of an `.npy` array lives on disk; picklable, so worker processes write rows directly."""
 
-    The file is created for `capacity` rows; `close()` rewrites the header with the rows actually
-    written (skipped images make it shorter) and truncates the file, so the result is a plain
-    `.npy` that `np.load(..., mmap_mode="r")` opens. A SHA-256 of the pixel bytes is kept on the fly.
+    path: Path
+    offset: int  # bytes of the .npy header
+    row_bytes: int
+
+    def write(self, start_row: int, batch: np.ndarray) -> None:
+        """Write `batch` (uint8, C-contiguous) as rows `start_row`, `start_row + 1`, ...: one positioned write."""
+        data = memoryview(np.ascontiguousarray(batch, dtype=np.uint8)).cast("B")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pos = self.offset + start_row * self.row_bytes
+            while data:
+                n = os.pwrite(fd, data, pos)
+                data, pos = data[n:], pos + n
+        finally:
+            os.close(fd)
+
+
+class ArrayWriter:
+    """An `.npy` file of uint8 rows, written by row range from any process without holding the array in RAM.
+
+    The file is created for `capacity` rows (sparse, so unwritten space costs nothing). Writers fill
+    blocks of rows through `rows` (a `RowFile`), each block starting where it was assigned and
+    possibly shorter than its slot (skipped images). `close()` moves the blocks together, in order,
+    rewrites the header with the rows actually written and truncates the file, so the result is a
+    plain `.npy` that `np.load(..., mmap_mode="r")` opens. Plain positioned writes, not a writable
+    memmap: written pages do not stay mapped in the process, so its memory stays flat in N.
     """
 
     def __init__(self, path: Path, capacity: int, row_shape: tuple[int, ...]):
-        self.path, self.row_shape, self.rows = path, row_shape, 0
-        self._array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(capacity, 1), *row_shape))
-        self._offset = self._array.offset
-        self._sha = hashlib.sha256()
-
-    def append(self, batch: np.ndarray) -> None:
-        n = len(batch)
-        self._array[self.rows : self.rows + n] = batch
-        self._sha.update(np.ascontiguousarray(batch).tobytes())
-        self.rows += n
-
-    def close(self) -> str:
-        """Finish the file; returns the SHA-256 of its pixel data."""
-        self._array.flush()
-        del self._array
-        header = _npy_header((self.rows, *self.row_shape))
-        if len(header) != self._offset:
-            raise RuntimeError("npy header length changed")  # cannot happen for v1.0 headers of equal rank
-        with open(self.path, "r+b") as f:
+        self.row_shape = row_shape
+        header = _npy_header((capacity, *row_shape))
+        self.rows = RowFile(path, len(header), int(np.prod(row_shape)))
+        with open(path, "wb") as f:
             f.write(header)
-            f.truncate(self._offset + self.rows * int(np.prod(self.row_shape)))
-        return self._sha.hexdigest()
+            f.truncate(len(header) + capacity * self.rows.row_bytes)
+
+    def close(self, blocks: list[tuple[int, int]]) -> int:
+        """Finish the file from its filled `(start_row, rows)` blocks, in output order; returns the row count."""
+        offset, row_bytes = self.rows.offset, self.rows.row_bytes
+        cursor = 0
+        with open(self.rows.path, "r+b") as f:
+            for start, count in blocks:
+                if start != cursor:  # moving rows down: copy front to back, in bounded pieces
+                    for done in range(0, count * row_bytes, _COPY_BYTES):
+                        n = min(_COPY_BYTES, count * row_bytes - done)
+                        piece = os.pread(f.fileno(), n, offset + start * row_bytes + done)
+                        os.pwrite(f.fileno(), piece, offset + cursor * row_bytes + done)
+                cursor += count
+            header = _npy_header((cursor, *self.row_shape))
+            if len(header) != offset:
+                raise RuntimeError("npy header length changed")  # cannot happen: v1.0 headers are padded to 64
+            f.seek(0)
+            f.write(header)
+            f.truncate(offset + cursor * row_bytes)
+        return cursor
+
+
+_COPY_BYTES = 64 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
