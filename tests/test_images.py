@@ -69,3 +69,20 @@ def test_decompression_bomb_is_refused_before_decoding():
     big = _encode(Image.new("L", (3000, 3000)), "PNG")  # tiny file, 9 Mpx
     with pytest.raises(BadImage, match="decompression-bomb guard"):
         load_rgb(big, max_pixels=1_000_000)
+
+
+def test_large_images_resize_in_bounded_sub_batches(monkeypatch):
+    from aigi.data import images
+
+    photos = [_rng_image(120, 90, seed=i) for i in range(5)]
+    whole = to_model_input(photos, 32)
+    monkeypatch.setattr(images, "RESIZE_PIXELS", 2 * 90 * 90)  # two photos per resize call
+    assert (to_model_input(photos, 32) == whole).all()
+
+
+def test_resize_does_not_depend_on_the_batch():
+    # the bytes written by preprocess (and so DVC's hashes) must not depend on how images were chunked
+    batch = np.stack([_rng_image(32, 32, seed=i) for i in range(37)])
+    together = resize_batch(batch, 224).numpy()
+    alone = np.stack([resize_batch(img[None], 224)[0].numpy() for img in batch])
+    assert (together == alone).all()

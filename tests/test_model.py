@@ -71,3 +71,22 @@ def test_local_checkpoint_as_pretrained(tiny, tiny_prompts, tmp_path):
     ckpt = tmp_path / "m" / "clip" / "open_clip_model.safetensors"
     again = create_detector(TINY, str(ckpt), tiny_prompts, torch.device("cpu"))
     torch.testing.assert_close(again.head.weight, tiny.head.weight)
+
+
+def test_openai_weights_get_quick_gelu_and_keep_it_when_saved():
+    from aigi.model import model_config
+
+    assert model_config("ViT-B-32", "openai")["quick_gelu"] is True  # trained with QuickGELU
+    assert "quick_gelu" not in model_config("ViT-B-32", None)
+    assert "quick_gelu" not in model_config(TINY, None)
+
+
+def test_logits_stay_fp32_under_bf16_autocast(tiny):
+    features = torch.nn.functional.normalize(torch.randn(4, 64), dim=1)
+    expected = tiny.head(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = tiny.logits(features)
+        live = tiny.logits(features, tiny.head.weight / tiny.logit_scale())
+    assert got.dtype == live.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(live, expected, rtol=1e-4, atol=1e-4)

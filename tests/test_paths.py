@@ -55,3 +55,20 @@ def test_experiment_created_with_anchored_artifact_root(monkeypatch, tmp_path):
     exp = mlflow.get_experiment(exp_id)
     assert Path(exp.artifact_location.removeprefix("file://")) == (tmp_path / "mlartifacts").resolve()
     assert tracking.experiment_id(Params.model_validate({"mlflow": {"experiment": "anchored"}})) == exp_id
+
+
+def test_params_changed_after_training_are_tagged_on_the_run(monkeypatch, tmp_path):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    trained = Params.model_validate({"mlflow": {"experiment": "tags"}})
+    with tracking.start_training_run(trained) as run:
+        pass
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / tracking.RUN_ID_FILE).write_text(run.info.run_id)
+    now = Params.model_validate({"mlflow": {"experiment": "tags"}, "evaluate": {"threshold": 0.7}})
+    with tracking.model_run(now, tmp_path / "model"):
+        pass
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags["evaluated_with.evaluate.threshold"] == "0.7"
+    assert not any(k.startswith("evaluated_with.finetune") for k in tags)

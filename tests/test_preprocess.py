@@ -112,3 +112,13 @@ def test_array_writer_compacts_blocks_with_holes(tmp_path):
     arr = np.load(tmp_path / "x.npy", mmap_mode="r")
     assert arr.shape == (5, 2, 2, 3) and arr[:3].max() == 1 and (arr[3:] == 7).all()
     assert (tmp_path / "x.npy").stat().st_size == arr.offset + 5 * 12
+
+
+def test_test_split_does_not_depend_on_train_params(synthetic_raw, tmp_path):
+    import pandas as pd
+
+    _run(synthetic_raw, tmp_path / "a", train_per_class=30, test_per_class=8, val_fraction=0.2)
+    _run(synthetic_raw, tmp_path / "b", train_per_class=12, test_per_class=8, val_fraction=0.3)
+    a, b = (pd.read_csv(tmp_path / d / "test.csv") for d in ("a", "b"))
+    assert a["file"].tolist() == b["file"].tolist()
+    assert (np.load(tmp_path / "a" / "test.npy") == np.load(tmp_path / "b" / "test.npy")).all()

@@ -13,6 +13,12 @@ from aigi.errors import AigiError
 from aigi.params import DataParams
 
 
+def _facts(capsys) -> dict[str, str]:
+    """What the last download printed about its run (cache, note, downloaded): not in SOURCE.json."""
+    lines = [ln.removeprefix("download: ") for ln in capsys.readouterr().out.splitlines()]
+    return dict(ln.split(": ", 1) for ln in lines if ": " in ln)
+
+
 def _download(tmp_path, **data):
     dest = tmp_path / "data" / "raw"
     info = sources.download(DataParams(**data), 7, dest)
@@ -216,21 +222,22 @@ def _fake_kagglehub_cache(root: Path, monkeypatch, handle: str, version: int) ->
     return folder
 
 
-def test_kaggle_pinned_version_comes_from_the_cache_without_network(tmp_path, monkeypatch, no_network):
+def test_kaggle_pinned_version_comes_from_the_cache_without_network(tmp_path, monkeypatch, no_network, capsys):
     handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
     folder = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
     _, info = _download(tmp_path, source="kaggle", kaggle_dataset=f"{handle}/versions/3")
-    assert info["counts"]["train/REAL"] == 3 and info["version"] == "3" and info["cache"] == str(folder)
-    assert "note" not in info
+    facts = _facts(capsys)
+    assert info["counts"]["train/REAL"] == 3 and info["version"] == "3" and facts["cache"] == str(folder)
+    assert "note" not in facts and "cache" not in info
 
 
-def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, monkeypatch, no_network):
+def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, monkeypatch, no_network, capsys):
     handle = "birdy654/cifake-real-and-ai-generated-synthetic-images"
     _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 2)
     newest = _fake_kagglehub_cache(tmp_path / "kagglehub", monkeypatch, handle, 3)
     (newest.parent / "4").mkdir()  # an incomplete download (no completion marker) is not used
     _, info = _download(tmp_path, source="kaggle")
-    assert info["version"] == "3" and info["note"].startswith("offline (")
+    assert info["version"] == "3" and _facts(capsys)["note"].startswith("offline (")
     assert info["counts"] == {"train/REAL": 3, "train/FAKE": 3, "test/REAL": 2, "test/FAKE": 2}
 
 
@@ -262,7 +269,7 @@ def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
     assert not (tmp_path / "b" / "data" / "raw").exists()
 
 
-def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch):
+def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch, capsys):
     tree = _cifake_tree(tmp_path / "tree")
     zpath = tmp_path / "cifake.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
@@ -274,15 +281,16 @@ def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch
     monkeypatch.setattr(sources.urllib.request, "urlopen",
                         lambda url, **k: opened.append(url) or real_urlopen(url, **k))
     url, digest = "file://" + str(zpath), sources.sha256_file(zpath)
-    _, first = _download(tmp_path / "a", source="url", url=url, sha256=digest)
-    _, second = _download(tmp_path / "b", source="url", url=url, sha256=digest)
-    _, third = _download(tmp_path / "c", source="url", url=url)  # no expected hash: the cached copy is used
-    assert opened == [url] and first["downloaded"] and not second["downloaded"] and not third["downloaded"]
-    assert first["counts"] == second["counts"] == third["counts"]
+    runs = []
+    for where, expected in (("a", digest), ("b", digest), ("c", None)):  # c: no expected hash, cache used
+        _, info = _download(tmp_path / where, source="url", url=url, sha256=expected)
+        runs.append((info, _facts(capsys)))
+    assert opened == [url] and [f["downloaded"] for _, f in runs] == ["True", "False", "False"]
+    assert runs[0][0] == runs[1][0] == runs[2][0]  # SOURCE.json is the same whether downloaded or cached
     # a cached copy that no longer matches the expected hash is fetched again
-    Path(first["cache"]).write_bytes(b"corrupted")
-    _, fourth = _download(tmp_path / "d", source="url", url=url, sha256=digest)
-    assert fourth["downloaded"] and len(opened) == 2
+    Path(runs[0][1]["cache"]).write_bytes(b"corrupted")
+    _download(tmp_path / "d", source="url", url=url, sha256=digest)
+    assert _facts(capsys)["downloaded"] == "True" and len(opened) == 2
 
 
 def test_url_source_verifies_sha256_and_caches(tmp_path, monkeypatch):
@@ -319,3 +327,17 @@ def test_parquet_from_huggingface_layout(tmp_path):
     sources.import_parquet(hub, out)
     assert len(list((out / "train" / "REAL").iterdir())) == 3
     assert len(list((out / "test" / "FAKE").iterdir())) == 2
+
+
+def test_source_json_is_the_same_for_the_same_data_anywhere(tmp_path):
+    tree = _cifake_tree(tmp_path / "tree")
+    for where in ("here", "there"):
+        zpath = tmp_path / where / "cifake.zip"
+        zpath.parent.mkdir()
+        with zipfile.ZipFile(zpath, "w") as zf:
+            for f in sorted(tree.rglob("*")):
+                zf.write(f, f.relative_to(tree))
+    a, _ = _download(tmp_path / "a", source="local", path=str(tmp_path / "here" / "cifake.zip"))
+    b, _ = _download(tmp_path / "b", source="local", path=str(tmp_path / "there" / "cifake.zip"))
+    # identical bytes: DVC sees the same data/raw and re-runs nothing downstream
+    assert (a / "SOURCE.json").read_bytes() == (b / "SOURCE.json").read_bytes()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from aigi.errors import exits_cleanly
+from aigi.params import MAX_IMAGE_PIXELS
 from aigi.paths import MODEL_DIR, project_root
 
 
@@ -102,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threshold", type=float, help="P(fake) at or above this is FAKE "
                    "(default: evaluate.threshold of the project's params.yaml, else 0.5)")
-    p.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse larger images (decompression bombs)")
+    p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
+                   help="refuse larger images (decompression bombs)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
     return parser

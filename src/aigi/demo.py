@@ -55,11 +55,27 @@ def prepare(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> 
     new = yaml.safe_dump(params, sort_keys=False)
     if not (dest / "params.yaml").is_file() or (dest / "params.yaml").read_text() != new:
         (dest / "params.yaml").write_text(new)
+    share_remotes(root, dest)
     if not (dest / ".git").exists():
         subprocess.run([*GIT, "init", "-q"], cwd=dest, check=True)
     subprocess.run([*GIT, "add", "-A"], cwd=dest, check=True)
     if subprocess.run([*GIT, "diff", "--cached", "--quiet"], cwd=dest).returncode:
         subprocess.run([*GIT, "commit", "-q", "-m", "demo snapshot"], cwd=dest, check=True)
+
+
+def share_remotes(root: Path, dest: Path) -> None:
+    """Point the copy's DVC remotes where the project's point: relative local URLs in .dvc/config
+    would otherwise resolve from inside the copy (config.local overrides them there; git ignores it)."""
+    from configobj import ConfigObj  # DVC's own config format
+
+    config = ConfigObj(str(root / ".dvc" / "config"))
+    local = ConfigObj()
+    for section, values in config.items():
+        url = values.get("url", "") if section.startswith("remote ") else ""
+        if url and "://" not in url and not Path(url).is_absolute():
+            local[section] = {"url": str((root / ".dvc" / url).resolve())}
+    local.filename = str(dest / ".dvc" / "config.local")
+    local.write()
 
 
 def stage_env(root: Path) -> dict[str, str]:

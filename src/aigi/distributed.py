@@ -65,11 +65,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of `values` over all ranks (itself without a process group)."""
     if dist.is_initialized():

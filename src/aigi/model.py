@@ -52,6 +52,17 @@ def input_size(arch: str) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
+def model_config(name: str, pretrained: str | None) -> dict[str, Any]:
+    """The open_clip config the model is built with: the architecture's, plus QuickGELU when the
+    pretrained tag was trained with it (OpenAI's weights are; `ViT-B-32` alone does not say so, and
+    GELU on QuickGELU weights silently degrades the model). Saved with the model, so reloads match."""
+    cfg = dict(open_clip.get_model_config(name))
+    tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if tag and tag.get("quick_gelu"):
+        cfg["quick_gelu"] = True
+    return cfg
+
+
 class Detector(nn.Module):
     """CLIP image tower + REAL/FAKE head. Input: N×S×S×3 uint8 pixels (any device); output: logits N×2."""
 
@@ -81,7 +92,20 @@ class Detector(nn.Module):
         return self.clip.encode_image(self.normalise(pixels), normalize=True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(pixels).float())
+        return self.logits(self.features(pixels))
+
+    def logits(self, features: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits in fp32, also under bf16 autocast: logits near 100·cos would be quantised to
+        steps of 0.125 in bf16, and P(fake) would then take only a few distinct values.
+
+        `classes` (C×D, e.g. live class text embeddings while training contrastive) scores against
+        those instead of the head: logit_scale · cos.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            features = features.float()
+            if classes is None:
+                return self.head(features)
+            return self.logit_scale().float() * features @ classes.float().T
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale.exp()
@@ -121,15 +145,18 @@ def create_detector(
     name = resolve_arch(arch)
     torch.manual_seed(seed)
     weights = None if pretrained.lower() == "none" else pretrained
+    model_cfg = model_config(name, weights)
     try:
-        clip = open_clip.create_model(name, pretrained=weights, device=device)
+        clip = open_clip.create_model(
+            name, pretrained=weights, device=device, force_quick_gelu=model_cfg.get("quick_gelu", False)
+        )
     except Exception as e:  # open_clip raises RuntimeError for both unknown tags and failed downloads
         msg = " ".join(str(e).split())[:240]
         raise AigiError(
             f"model.pretrained '{pretrained}' for {name}: could not load weights ({msg}); use an open_clip tag "
             f"(open_clip.list_pretrained()), a local checkpoint path (works offline), or `none` for random init"
         ) from None
-    detector = Detector(clip, open_clip.get_model_config(name), open_clip.get_tokenizer(name)).to(device)
+    detector = Detector(clip, model_cfg, open_clip.get_tokenizer(name)).to(device)
     detector.set_head_from_prompts(prompts)
     return detector
 

@@ -18,6 +18,8 @@ from aigi.errors import AigiError
 
 CLASSES = ("REAL", "FAKE")  # label 0, label 1: P(fake) is the probability of class index 1
 
+MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preprocess, predict and serving
+
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
 
 
@@ -54,13 +56,13 @@ class PreprocessParams(Section):
     drop_train_duplicates_of_test: bool = True
     chunk_size: Annotated[int, Field(gt=0)] = 1024
     workers: Annotated[int, Field(ge=0)] = 0  # 0 = all cores
-    max_image_pixels: Annotated[int, Field(gt=0)] = 50_000_000  # decompression-bomb guard
+    max_image_pixels: Annotated[int, Field(gt=0)] = MAX_IMAGE_PIXELS  # decompression-bomb guard
 
 
 class ModelParams(Section):
     arch: str = "ViT-B-32"  # open_clip name, `aigi-tiny`, or a path to a model-config JSON
     pretrained: str = "openai"  # open_clip tag, a local checkpoint path, or `none`
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
     @field_validator("device")
     @classmethod

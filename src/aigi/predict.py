@@ -13,7 +13,7 @@ from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
 from aigi.errors import AigiError
 from aigi.inference import predict_proba
 from aigi.model import Detector
-from aigi.params import CLASSES
+from aigi.params import CLASSES, MAX_IMAGE_PIXELS
 
 T = TypeVar("T")
 
@@ -62,7 +62,7 @@ def label_of(p_fake: float, threshold: float) -> str:
 
 def predict_paths(
     detector: Detector, files: list[Path], batch_size: int = 64, threshold: float = 0.5,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Iterator[dict[str, Any]]:
     """One row per file: path, p_fake, label, or path and error when the file cannot be read."""
     for f, p, err in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size):

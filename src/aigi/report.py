@@ -20,8 +20,6 @@ import pandas as pd
 from aigi.metrics import CIFAR10_CLASSES, SCALARS, content_class
 from aigi.params import CLASSES, Params
 
-HEADLINE = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
-
 
 def _cell(result: dict[str, Any], key: str) -> str:
     value = f"{result[key]:.4f}"
@@ -31,7 +29,7 @@ def _cell(result: dict[str, Any], key: str) -> str:
 
 def comparison_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str:
     rows = ["| metric | zero-shot | fine-tuned |", "|---|---|---|"]
-    rows += [f"| {k} | {_cell(zeroshot, k)} | {_cell(finetuned, k)} |" for k in HEADLINE if k in SCALARS]
+    rows += [f"| {k} | {_cell(zeroshot, k)} | {_cell(finetuned, k)} |" for k in SCALARS]
     for name, r in (("zero-shot", zeroshot), ("fine-tuned", finetuned)):
         c = r["confusion"]
         rows.append(f"| confusion ({name}) | TN {c['tn']} FP {c['fp']} | FN {c['fn']} TP {c['tp']} |")

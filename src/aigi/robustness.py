@@ -24,7 +24,7 @@ from aigi.data.images import BadImage, load_rgb, to_model_input
 from aigi.errors import AigiError
 from aigi.inference import predict_proba
 from aigi.model import Detector
-from aigi.params import RobustnessParams
+from aigi.params import MAX_IMAGE_PIXELS, RobustnessParams
 from aigi.progress import progress
 
 
@@ -80,7 +80,7 @@ def _load_original(raw_root: Path, file: str, max_pixels: int) -> Image.Image:
 
 def evaluate_robustness(
     detector: Detector, raw_root: Path, files: Sequence[str], y: np.ndarray, params: RobustnessParams,
-    threshold: float, seed: int, batch_size: int, max_pixels: int = 50_000_000,
+    threshold: float, seed: int, batch_size: int, max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> dict[str, dict[str, Any]]:
     """Metrics (as `metrics.evaluate`, plus kind and level) per perturbation, keyed by its name.
 

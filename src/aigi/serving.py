@@ -26,7 +26,7 @@ from PIL import Image
 import aigi
 from aigi.data.images import BadImage, load_rgb
 from aigi.errors import AigiError
-from aigi.params import Params
+from aigi.params import MAX_IMAGE_PIXELS, Params
 from aigi.predict import label_of, predict_images
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -36,7 +36,7 @@ import mlflow
 INPUT_COLUMN = "image"
 ARTIFACT = "detector"
 MODEL_NAME = "model"  # the logged model's name within the run
-MAX_PIXELS = 50_000_000
+
 MAX_PATH_CHARS = 4096
 # What the model imports when it loads (pins without local version tags such as +cpu).
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "safetensors", "numpy", "pandas", "pillow",
@@ -46,12 +46,12 @@ REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "safetensor
 def decode_cell(value: Any) -> np.ndarray:
     """One input cell -> RGB array: a file path, image bytes, or base64 text (a `data:` URL prefix is allowed)."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return load_rgb(bytes(value), MAX_PIXELS)
+        return load_rgb(bytes(value), MAX_IMAGE_PIXELS)
     if not isinstance(value, str):
         raise BadImage(f"unsupported value of type {type(value).__name__}; give a file path, image bytes or base64")
     try:
         if len(value) < MAX_PATH_CHARS and Path(value).is_file():
-            return load_rgb(value, MAX_PIXELS)
+            return load_rgb(value, MAX_IMAGE_PIXELS)
     except OSError:
         pass
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
@@ -59,7 +59,7 @@ def decode_cell(value: Any) -> np.ndarray:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise BadImage("neither an existing file path nor base64-encoded image bytes") from None
-    return load_rgb(data, MAX_PIXELS)
+    return load_rgb(data, MAX_IMAGE_PIXELS)
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):

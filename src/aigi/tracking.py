@@ -108,4 +108,10 @@ def model_run(params: Params, model_dir: Path) -> Iterator[Any]:
         raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)")
     experiment_id(params)
     with mlflow.start_run(run_id=path.read_text().strip()) as run:
+        # MLflow params are write-once: params changed since training (evaluate.*, report.*) are
+        # recorded as tags, so the run says what its latest metrics were computed with.
+        logged = mlflow.get_run(run.info.run_id).data.params
+        changed = {k: str(v) for k, v in params.flat().items() if k in logged and logged[k] != str(v)}
+        if changed:
+            mlflow.set_tags({f"evaluated_with.{k}": v for k, v in changed.items()})
         yield run

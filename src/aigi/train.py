@@ -155,7 +155,7 @@ class ClassLogits(nn.Module):
         if self.method != "contrastive":
             return self.detector(pixels)
         text = self.detector.class_embeddings(self.prompts) if self.fixed_text is None else self.fixed_text
-        return self.detector.logit_scale() * self.detector.features(pixels).float() @ text.T
+        return self.detector.logits(self.detector.features(pixels), text)
 
 
 # ---- the data ----------------------------------------------------------------------------------------------

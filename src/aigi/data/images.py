@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from aigi.params import MAX_IMAGE_PIXELS
+
 INTERPOLATION = "bicubic (PIL kernel, a=-0.5, antialiased when shrinking)"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -26,11 +28,14 @@ class BadImage(ValueError):
     """An input that cannot become an RGB image; the message says why."""
 
 
+RESIZE_PIXELS = 1 << 23  # input pixels per resize call (~200 MB of float64 working memory)
+
+
 def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def load_rgb(source: str | Path | bytes, max_pixels: int = 50_000_000) -> np.ndarray:
+def load_rgb(source: str | Path | bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a file path or encoded bytes to an H×W×3 uint8 array.
 
     Grayscale, palette, CMYK and 16-bit images are converted; transparency is composited on white.
@@ -39,14 +44,14 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = 50_000_000) -> np.nda
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns before it raises; our own check comes first
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            if img.width * img.height > max_pixels:
-                raise BadImage(
-                    f"image is {img.width}x{img.height} = {img.width * img.height:,} pixels, over the "
-                    f"{max_pixels:,} limit (decompression-bomb guard)"
-                )
-            img.load()
-            return _to_rgb(img)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                if img.width * img.height > max_pixels:
+                    raise BadImage(
+                        f"image is {img.width}x{img.height} = {img.width * img.height:,} pixels, over the "
+                        f"{max_pixels:,} limit (decompression-bomb guard)"
+                    )
+                img.load()
+                return _to_rgb(img)
     except BadImage:
         raise
     except FileNotFoundError:
@@ -61,9 +66,9 @@ def load_rgb(source: str | Path | bytes, max_pixels: int = 50_000_000) -> np.nda
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)  # a copy: the image is closed after this
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.array(img, dtype=np.float64)
         arr = arr / 256.0 if arr.max() > 255 else arr
         return np.repeat(np.clip(arr, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     if img.mode == "P" and "transparency" in img.info:
@@ -72,7 +77,7 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def _bicubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
@@ -116,16 +121,19 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     n, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
-    rows = torch.from_numpy(resize_matrix(h, size)).to(x.device)
-    cols = torch.from_numpy(resize_matrix(w, size)).to(x.device)
+    # float64 with float32 weights: every product and sum of this band-limited map is exact, so a
+    # pixel's value never depends on the batch it was resized in (float32 sums can round either way
+    # at .5, and the bytes on disk, hence DVC's hashes, would then depend on the chunking).
+    rows = torch.from_numpy(resize_matrix(h, size)).to(x.device, torch.float64)
+    cols = torch.from_numpy(resize_matrix(w, size)).to(x.device, torch.float64)
     # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
     # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
     # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
     # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
     # matrix skips the zeros (4x less work for 32 -> 224).
-    x = x.permute(1, 0, 3, 2).float() @ cols.T  # h, N, 3, size
+    x = x.permute(1, 0, 3, 2).double() @ cols.T  # h, N, 3, size
     x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * size * 3)
-    out = torch.empty(size, n * size * 3, device=x.device)
+    out = torch.empty(size, n * size * 3, device=x.device, dtype=torch.float64)
     for r0, r1, c0, c1 in _bands(h, size):
         torch.mm(rows[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
     out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
@@ -147,6 +155,11 @@ def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     squares = [center_square(img) for img in images]
     for i, sq in enumerate(squares):
         by_shape.setdefault(sq.shape, []).append(i)
-    for idx in by_shape.values():
-        out[idx] = resize_batch(np.stack([squares[i] for i in idx]), size).numpy()
+    for shape, idx in by_shape.items():
+        # Resize in sub-batches of at most RESIZE_PIXELS input pixels: the float copy of a batch of
+        # large photos would otherwise take gigabytes.
+        step = max(1, RESIZE_PIXELS // (shape[0] * shape[1]))
+        for i in range(0, len(idx), step):
+            part = idx[i : i + step]
+            out[part] = resize_batch(np.stack([squares[j] for j in part]), size).numpy()
     return out

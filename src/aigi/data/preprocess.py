@@ -109,6 +109,8 @@ def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[
             continue
         h, w = img.shape[:2]
         status.append((True, "" if (h, w) == NATIVE_SIZE else f"{w}x{h}"))
+        if (h, w) != NATIVE_SIZE:  # odd sizes resized now: a chunk of large photos would not fit in RAM
+            img = to_model_input([img], image_size)[0]
         good.append(img)
     digests = []
     for i in range(0, len(good), RESIZE_BATCH):
@@ -194,9 +196,10 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None) -> Sp
     counts = {f"{s}/{CLASSES[k]}": n for s, items in found.items() for k, n in
               sorted(Counter(c.label for c in items).items())}
     kept, dup_report = dedupe(found, params.drop_train_duplicates_of_test)
-    rng = np.random.default_rng(seed)
-    train = subsample(kept["train"], params.train_per_class, rng, "train")
-    test = subsample(kept["test"], params.test_per_class, rng, "test")
+    # One random stream per draw: the test set must not change when only the train params do.
+    train = subsample(kept["train"], params.train_per_class, np.random.default_rng([seed, 0]), "train")
+    test = subsample(kept["test"], params.test_per_class, np.random.default_rng([seed, 1]), "test")
+    rng = np.random.default_rng([seed, 2])
     # Stratified validation split carved from train; the test split is never touched by training.
     val_idx: list[int] = []
     for label in range(len(CLASSES)):
@@ -225,18 +228,17 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
     workers = worker_count(params)
     with atomic_dir(dest) as out, worker_pool(workers) as pool:
         split_plan = plan(raw, params, seed, pool)
-        source = raw.parent / "SOURCE.json"
+        sums = raw.parent / "SHA256SUMS"  # the content of the raw data, not where or when it came from
         manifest: dict[str, Any] = {
             "image_size": image_size,
             "interpolation": INTERPOLATION,
             "seed": seed,
             "classes": list(CLASSES),
-            "source_json_sha256": hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None,
+            "sha256sums_sha256": hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else None,
             "found": split_plan.found,
             "duplicates": split_plan.duplicates,
             "ignored_non_image_files": len(split_plan.ignored_non_images),
             "ignored_examples": split_plan.ignored_non_images[:EXAMPLES],
-            "workers": workers,
             "splits": {},
             "skipped": [],
         }

@@ -44,6 +44,8 @@ OFFLINE_HINT = (
 
 # ---------------------------------------------------------------- entry point
 
+RUN_FACTS = ("cache", "note", "downloaded", "path")  # facts of this run or machine, not of the data
+
 
 def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
     """Fetch the dataset named by `params` into `dest` (e.g. data/raw); returns SOURCE.json's content."""
@@ -53,6 +55,11 @@ def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
     try:
         fetch = FETCHERS[params.source]
         info = fetch(params, seed, staging / "cifake")
+        # Where and how this run got the data (cache path, online or not) is printed, not written:
+        # SOURCE.json must be identical for identical data, or DVC would re-run everything downstream.
+        for key in RUN_FACTS:
+            if key in info:
+                print(f"download: {key}: {info.pop(key)}")
         info = {"source": params.source, **info, **summarise(staging / "cifake", staging / "SHA256SUMS")}
         (staging / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
     except BaseException:
@@ -75,7 +82,7 @@ def fetch_local(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     path = Path(params.path or "").expanduser()
     if not path.exists():
         raise AigiError(f"data.path '{path}' does not exist; point it at a CIFAKE folder or archive")
-    info: dict[str, Any] = {"id": str(path.resolve())}
+    info: dict[str, Any] = {"id": path.name, "path": str(path.resolve())}  # the name: same on every machine
     if path.is_file():
         info["archive_sha256"] = sha256_file(path)
     info.update(import_dataset(path, out, params))

@@ -43,7 +43,7 @@ def fake_fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def file_name(index: int, content_class: int) -> str:
-    """CIFAKE's naming: `0007.jpg` for content class 1, `0007 (k).jpg` for k = 2..10."""
+    """CIFAKE's naming (as PNG): `0007.png` for content class 1, `0007 (k).png` for k = 2..10."""
     return f"{index:04d}.png" if content_class == 1 else f"{index:04d} ({content_class}).png"
 
 
