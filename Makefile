@@ -32,6 +32,7 @@ lint: venv
 bench: venv
 	python bench/preprocess.py
 	python bench/finetune.py
+	python bench/predict.py
 
 ui: venv
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts

@@ -16,9 +16,10 @@ def test_resize_matches_pil_bicubic(src, dst):
     img = _rng_image(src, src)
     ours = resize_batch(img[None], dst)[0].numpy().astype(int)
     pil = np.asarray(Image.fromarray(img).resize((dst, dst), Image.BICUBIC)).astype(int)
-    # PIL's fixed-point weights vs our float32 ones: at most one level apart, rarely.
-    assert np.abs(ours - pil).max() <= 1
-    assert np.abs(ours - pil).mean() < 0.05
+    # PIL's 22-bit fixed-point weights vs our 15-bit ones: a level or two apart, on about 1% of pixels.
+    diff = np.abs(ours - pil)
+    assert diff.max() <= 2
+    assert (diff > 0).mean() < 0.02
 
 
 def test_resize_rows_sum_to_one():

@@ -35,7 +35,7 @@ def write_score_plots(folder: Path, y: np.ndarray, p_fake: np.ndarray, threshold
     cm = skm.confusion_matrix(y, pred, labels=[0, 1])
     ax3.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax3.text(j, i, str(v), ha="center", va="center")
+        ax3.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
     ax3.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
             xlabel="predicted", ylabel="actual", title="confusion")
     fig.tight_layout()

@@ -184,7 +184,8 @@ def build(
         ]
     md += ["## Most confident mistakes (fine-tuned)", ""]
     if shown:
-        md += [f"The {shown} test images the fine-tuned model got wrong with the highest confidence "
+        images = "test image" if shown == 1 else "test images"
+        md += [f"The {shown} {images} the fine-tuned model got wrong with the highest confidence "
                "(true class, subject where known, P(fake)).", "",
                "![most confident mistakes](assets/mistakes.png)", ""]
     else:
