@@ -51,6 +51,14 @@ def test_synthetic_classes_differ_measurably(tmp_path):
     assert checker_energy("FAKE") > 2 * checker_energy("REAL")
 
 
+def _cifake_zip(tree: Path, zpath: Path) -> Path:
+    """`tree` as a zip with the layout at its top level."""
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(tree.rglob("*")):
+            zf.write(f, f.relative_to(tree))
+    return zpath
+
+
 def _cifake_tree(root: Path, upper=True) -> Path:
     write_synthetic(root, 3, 2, seed=0)
     if not upper:  # lower-case class folders must work too
@@ -270,11 +278,7 @@ def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
 
 
 def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch, capsys):
-    tree = _cifake_tree(tmp_path / "tree")
-    zpath = tmp_path / "cifake.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for f in tree.rglob("*"):
-            zf.write(f, f.relative_to(tree))
+    zpath = _cifake_zip(_cifake_tree(tmp_path / "tree"), tmp_path / "cifake.zip")
     monkeypatch.setattr(sources, "CACHE", tmp_path / "cache")
     opened = []
     real_urlopen = sources.urllib.request.urlopen
@@ -294,11 +298,7 @@ def test_url_is_downloaded_once_then_served_from_the_cache(tmp_path, monkeypatch
 
 
 def test_url_source_verifies_sha256_and_caches(tmp_path, monkeypatch):
-    tree = _cifake_tree(tmp_path / "tree")
-    zpath = tmp_path / "cifake.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for f in tree.rglob("*"):
-            zf.write(f, f.relative_to(tree))
+    zpath = _cifake_zip(_cifake_tree(tmp_path / "tree"), tmp_path / "cifake.zip")
     monkeypatch.setattr(sources, "CACHE", tmp_path / "cache")
     url = zpath.as_uri()
     _, info = _download(tmp_path / "a", source="url", url=url, sha256=sources.sha256_file(zpath))
@@ -332,11 +332,8 @@ def test_parquet_from_huggingface_layout(tmp_path):
 def test_source_json_is_the_same_for_the_same_data_anywhere(tmp_path):
     tree = _cifake_tree(tmp_path / "tree")
     for where in ("here", "there"):
-        zpath = tmp_path / where / "cifake.zip"
-        zpath.parent.mkdir()
-        with zipfile.ZipFile(zpath, "w") as zf:
-            for f in sorted(tree.rglob("*")):
-                zf.write(f, f.relative_to(tree))
+        (tmp_path / where).mkdir()
+        _cifake_zip(tree, tmp_path / where / "cifake.zip")
     a, _ = _download(tmp_path / "a", source="local", path=str(tmp_path / "here" / "cifake.zip"))
     b, _ = _download(tmp_path / "b", source="local", path=str(tmp_path / "there" / "cifake.zip"))
     # identical bytes: DVC sees the same data/raw and re-runs nothing downstream
