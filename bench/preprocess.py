@@ -9,8 +9,10 @@ Each path runs in its own child process, so neither inherits the other's memory:
 - naive: per image PIL open -> RGB -> resize(size, BICUBIC) -> numpy, appended to a list, stacked at
   the end, then `np.save` (timed separately: a stage has to put its output on disk).
 
-Peak memory: `ru_maxrss` of the child (its largest process), and the peak of the summed PSS of the
-child's whole process tree (workers included), sampled every 20 ms from /proc (Linux). The files come
+Timing starts after each path's library imports (torch; numpy and PIL) and ends with its output on
+disk; ours includes starting its worker processes. Peak memory: `ru_maxrss` of the child (its largest
+process), and the peak of the summed PSS of the child's whole process tree (workers included),
+sampled every 20 ms from /proc (Linux). The files come
 from the shared sample zip (../shared/data/cifake-sample/cifake-sample.zip) when present, else from
 the synthetic generator (PNG, not JPEG: say so when you quote figures).
 """
@@ -78,6 +80,13 @@ def run_naive(raw: Path, out: Path, size: int, workers: int) -> dict[str, float]
 
 
 def child(path: str, raw: Path, out: Path, size: int, workers: int) -> None:
+    # Library imports are not timed for either path (torch for ours, numpy and PIL for naive);
+    # everything after them is: for ours, also starting the worker processes.
+    if path == "ours":
+        import aigi.data.preprocess  # noqa: F401
+    else:
+        import numpy  # noqa: F401
+        import PIL.Image  # noqa: F401
     t0 = time.perf_counter()
     extra = (run_ours if path == "ours" else run_naive)(raw, out, size, workers) or {}
     wall = time.perf_counter() - t0
