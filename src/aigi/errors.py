@@ -14,6 +14,11 @@ class AigiError(Exception):
     """A problem with the user's input, params or environment; its message is the whole story."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut to `limit` characters (its type name if it has none)."""
+    return (" ".join(str(e).split()) or type(e).__name__)[:limit]
+
+
 def exits_cleanly(main: Callable[[], T]) -> Callable[[], T]:
     """Wrap a stage or CLI `main`: an `AigiError` becomes one `error: ...` line and exit code 1."""
 

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aigi.errors import AigiError
+from aigi.errors import AigiError, one_line
 from aigi.params import CLASSES
 
 TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
@@ -151,7 +151,7 @@ def create_detector(
             name, pretrained=weights, device=device, force_quick_gelu=model_cfg.get("quick_gelu", False)
         )
     except Exception as e:  # open_clip raises RuntimeError for both unknown tags and failed downloads
-        msg = " ".join(str(e).split())[:240]
+        msg = one_line(e, 240)
         raise AigiError(
             f"model.pretrained '{pretrained}' for {name}: could not load weights ({msg}); use an open_clip tag "
             f"(open_clip.list_pretrained()), a local checkpoint path (works offline), or `none` for random init"

@@ -25,7 +25,7 @@ from PIL import Image
 
 import aigi
 from aigi.data.images import BadImage, load_rgb
-from aigi.errors import AigiError
+from aigi.errors import AigiError, one_line
 from aigi.params import MAX_IMAGE_PIXELS, Params
 from aigi.predict import label_of, predict_images
 
@@ -143,7 +143,7 @@ def load_for_predict(uri: str) -> tuple[Any, dict[str, Any]]:
     try:
         model = mlflow.pyfunc.load_model(uri)
     except mlflow.exceptions.MlflowException as e:
-        raise AigiError(f"cannot load the MLflow model {uri} ({' '.join(str(e).split())[:200]}); check the name, "
+        raise AigiError(f"cannot load the MLflow model {uri} ({one_line(e)}); check the name, "
                         f"alias or run id, and MLFLOW_TRACKING_URI") from None
     wrapped = model.unwrap_python_model()
     if not isinstance(wrapped, DetectorModel):

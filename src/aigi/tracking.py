@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from aigi.errors import AigiError
+from aigi.errors import AigiError, one_line
 from aigi.params import Params
 from aigi.paths import PROCESSED, project_root, user_root
 
@@ -57,7 +57,7 @@ def experiment_id(params: Params) -> str:
             return exp.experiment_id
         return mlflow.create_experiment(params.mlflow.experiment, artifact_location=_artifact_location(uri))
     except mlflow.exceptions.MlflowException as e:
-        raise AigiError(f"MLflow tracking at {uri} failed ({' '.join(str(e).split())[:200]}); "
+        raise AigiError(f"MLflow tracking at {uri} failed ({one_line(e)}); "
                         f"check mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from aigi import distributed
 from aigi.device import autocast, maybe_resident
 from aigi.distributed import SINGLE, World
-from aigi.errors import AigiError
+from aigi.errors import AigiError, one_line
 from aigi.model import Detector
 from aigi.params import FinetuneParams
 from aigi.progress import progress
@@ -194,13 +194,14 @@ def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, w: World = SINGLE) -> tuple[float, float]:
     """Mean cross-entropy and accuracy; under torchrun each rank scores a shard and the sums are all-reduced."""
-    sums = torch.zeros(3, device=device)
+    sums, n = torch.zeros(2, device=device), 0
     for x, y in batches(images, labels, batch_size, np.arange(w.rank, len(labels), w.size), device):
         with autocast(device):
             logits = logits_fn(x).float()
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum(),
-                             torch.tensor(len(y), device=device)])
-    loss, correct, n = distributed.all_reduce_sum(sums).tolist()
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()])
+        n += len(y)
+    totals = torch.cat([sums, torch.tensor([float(n)], device=device)])
+    loss, correct, n = distributed.all_reduce_sum(totals).tolist()
     return loss / n, correct / n
 
 
@@ -229,7 +230,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: start over rather than crash
-        print(f"ignoring {path}: unreadable ({' '.join(str(e).split())[:120]})")
+        print(f"ignoring {path}: unreadable ({one_line(e, 120)})")
         return None
     if state.get("fingerprint") != fingerprint:
         print(f"ignoring {path}: it was written for other params, data or number of processes")
@@ -341,7 +342,8 @@ def train(
         torch.manual_seed(epoch_seed(seed, epoch, world.rank))  # dropout etc., per rank
         order = shard(np.random.default_rng([seed, epoch]).permutation(len(train_labels)), world)
         flips = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, world.rank))
-        sums = torch.zeros(3, device=device)  # loss sum, correct, seen: on the device, no sync per step
+        sums = torch.zeros(2, device=device)  # loss sum, correct: on the device, no sync per step
+        seen = 0  # on the host: a device scalar built per step would be a host-to-device copy each step
         t0 = time.perf_counter()
         bar = progress(total=len(order), desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False,
                        disable=None if world.is_main else True)
@@ -356,7 +358,7 @@ def train(
                         logits = model(x).float()
                 except Exception as e:
                     if cfg.compile and micro == 1 and epoch == start_epoch:
-                        raise AigiError(f"finetune.compile: torch.compile failed ({' '.join(str(e).split())[:200]}); "
+                        raise AigiError(f"finetune.compile: torch.compile failed ({one_line(e)}); "
                                         f"set finetune.compile: false") from None
                     raise
                 loss = F.cross_entropy(logits, y)
@@ -367,12 +369,13 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum(),
-                                 torch.tensor(len(y), device=device)])
+            sums += torch.stack([loss.detach() * len(y), (logits.argmax(1) == y).sum()])
+            seen += len(y)
             bar.update(len(y))
             if micro % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.4f}")
-        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()  # waits for the device
+                bar.set_postfix(loss=f"{sums[0].item() / seen:.4f}")
+        totals = torch.cat([sums, torch.tensor([float(seen)], device=device)])
+        loss_sum, correct, seen = distributed.all_reduce_sum(totals).tolist()  # waits for the device
         seconds = time.perf_counter() - t0
         bar.close()
 

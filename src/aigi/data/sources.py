@@ -29,7 +29,7 @@ import yaml
 from aigi.data.images import is_image_file
 from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
-from aigi.errors import AigiError
+from aigi.errors import AigiError, one_line
 from aigi.params import CLASSES, DataParams
 from aigi.progress import progress
 
@@ -194,8 +194,7 @@ def _download_file(url: str, target: Path) -> None:
 
 
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return f"{type(e).__name__}: {text[:200]}"
+    return f"{type(e).__name__}: {one_line(e)}"
 
 
 # ---------------------------------------------------------------- layout and import
