@@ -33,6 +33,7 @@ def main() -> None:
                 "Zero-shot: ROC, precision-recall, confusion": PLOTS / "zeroshot" / "curves.png",
                 "Fine-tuned: ROC, precision-recall, confusion": PLOTS / "eval" / "curves.png",
                 "Robustness": PLOTS / "robustness" / "robustness.png",
+                "Attribution": PLOTS / "eval" / "attribution_confusion.png",
             },
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},

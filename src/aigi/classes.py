@@ -54,3 +54,9 @@ def class_prompts(
         else:
             out[name] = [t.format(name=display(name, display_names)) for t in templates]
     return out
+
+
+def manifest_prompts(manifest: Mapping[str, Any], zeroshot: Any) -> dict[str, list[str]]:
+    """`class_prompts` for the classes of `manifest` and the `zeroshot` params section."""
+    classes, display_names = from_manifest(manifest)
+    return class_prompts(classes, display_names, zeroshot.prompts, zeroshot.generator_templates)

@@ -52,7 +52,7 @@ def _is_uri(text: str) -> bool:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from aigi.predict import expand, predict_paths
+    from aigi.predict import expand, output_columns, predict_paths
     from aigi.progress import progress
 
     files = expand(args.paths)
@@ -65,15 +65,16 @@ def _predict(args: argparse.Namespace) -> int:
                     desc="predict", unit="img", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
-        failed = write_rows(rows, out, args.format)
+        failed = write_rows(rows, out, args.format, output_columns(detector.classes))
     if failed:
         print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 
-def write_rows(rows, out, fmt: str) -> int:
-    """Write prediction rows as CSV or JSON lines; unreadable files also go to stderr. Returns their count."""
-    writer = csv.DictWriter(out, ["path", "p_fake", "label", "error"]) if fmt == "csv" else None
+def write_rows(rows, out, fmt: str, columns: list[str]) -> int:
+    """Write prediction rows (`columns` between path and error) as CSV or JSON lines; unreadable files also
+    go to stderr. Returns their count."""
+    writer = csv.DictWriter(out, ["path", *columns, "error"]) if fmt == "csv" else None
     if writer:
         writer.writeheader()
     failed = 0

@@ -9,11 +9,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from aigi.classes import DETECTION
 from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
 from aigi.errors import AigiError
-from aigi.inference import predict_proba
+from aigi.inference import class_probs
 from aigi.model import Detector
-from aigi.params import CLASSES, MAX_IMAGE_PIXELS
+from aigi.params import MAX_IMAGE_PIXELS
 
 T = TypeVar("T")
 
@@ -38,8 +39,8 @@ def expand(inputs: Iterable[str]) -> list[Path]:
 
 def predict_images(
     detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray], batch_size: int = 64,
-) -> Iterator[tuple[T, float | None, str]]:
-    """(item, P(fake), "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
+) -> Iterator[tuple[T, np.ndarray | None, str]]:
+    """(item, class probabilities, "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
 
     Decodes, resizes and scores one batch at a time, so memory is bounded by the batch, not the input.
     """
@@ -51,22 +52,35 @@ def predict_images(
             except BadImage as e:
                 decoded.append((item, None, str(e)))
         good = [img for _, img, _ in decoded if img is not None]
-        probs = iter(predict_proba(detector, to_model_input(good, detector.image_size), batch_size) if good else ())
+        probs = iter(class_probs(detector, to_model_input(good, detector.image_size), batch_size) if good else ())
         for item, img, err in decoded:
-            yield (item, None, err) if img is None else (item, float(next(probs)), "")
+            yield (item, None, err) if img is None else (item, next(probs), "")
 
 
-def label_of(p_fake: float, threshold: float) -> str:
-    return CLASSES[int(p_fake >= threshold)]
+def output_columns(classes: Sequence[str]) -> list[str]:
+    """What a prediction answers: `p_fake` and `label`; with several generators also the most likely
+    `generator` and `p_<CLASS>` per class."""
+    return ["p_fake", "label"] + (["generator", *(f"p_{c}" for c in classes)] if len(classes) > 2 else [])
+
+
+def answer(classes: Sequence[str], probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """One prediction's `output_columns`: P(fake) = 1 − P(REAL); the generator is the argmax over the generators."""
+    p = float(1.0 - probs[0])
+    row: dict[str, Any] = {"p_fake": p, "label": DETECTION[int(p >= threshold)]}
+    if len(classes) > 2:
+        row["generator"] = classes[1 + int(np.argmax(probs[1:]))]
+        row |= {f"p_{c}": float(v) for c, v in zip(classes, probs, strict=True)}
+    return row
 
 
 def predict_paths(
     detector: Detector, files: list[Path], batch_size: int = 64, threshold: float = 0.5,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Iterator[dict[str, Any]]:
-    """One row per file: path, p_fake, label, or path and error when the file cannot be read."""
-    for f, p, err in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size):
-        if p is None:
+    """One row per file: path and `output_columns`, or path and error when the file cannot be read."""
+    for f, probs, err in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size):
+        if probs is None:
             yield {"path": str(f), "error": err}
         else:
-            yield {"path": str(f), "p_fake": round(p, 6), "label": label_of(p, threshold)}
+            row = answer(detector.classes, probs, threshold)
+            yield {"path": str(f), **{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}}
