@@ -41,7 +41,11 @@ def test_flat_params_are_dotted():
         ({"preprocess": {"val_fraction": 1.5}}, "preprocess.val_fraction: Input should be less than 1"),
         ({"data": {"source": "local"}}, "data.source 'local' needs data.path"),
         ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda, cuda:N or mps"),
-        ({"zeroshot": {"prompts": {"REAL": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for FAKE"),
+        ({"zeroshot": {"prompts": {"FAKE": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for REAL"),
+        ({"zeroshot": {"prompts": {"REAL": ["x"], "SD": []}}}, "zeroshot.prompts: needs a non-empty list of prompts "
+         "for SD"),
+        ({"zeroshot": {"generator_templates": ["made by a computer."]}}, "zeroshot.generator_templates: each template "
+         "needs exactly one {name}"),
         ({"sed": 1}, "sed: unknown key"),
     ],
 )
