@@ -74,7 +74,7 @@ def test_local_folder_case_insensitive_and_non_images_ignored(tmp_path):
     dest, info = _download(tmp_path, source="local", path=str(tree.parent))
     assert info["counts"]["train/REAL"] == 3 and info["counts"]["test/FAKE"] == 2
     assert info["ignored_non_image_files"] == 1
-    assert (dest / "cifake" / "train" / "REAL").is_dir()
+    assert (dest / "images" / "train" / "REAL").is_dir()
 
 
 def test_local_zip_and_tar(tmp_path):
@@ -94,7 +94,7 @@ def test_local_zip_and_tar(tmp_path):
 
 def test_wrong_layout_lists_what_was_found(tmp_path):
     (tmp_path / "src" / "images" / "cats").mkdir(parents=True)
-    with pytest.raises(AigiError, match=r"no CIFAKE layout found .* found: images/, images/cats/"):
+    with pytest.raises(AigiError, match=r"no dataset layout found .* found: images/, images/cats/"):
         _download(tmp_path, source="local", path=str(tmp_path / "src"))
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
 

@@ -129,7 +129,7 @@ def clip_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
         rh, rw = size, int(size * w / h)
     else:
         rh, rw = int(size * h / w), size
-    return rh, rw, int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    return rh, rw, round((rh - size) / 2.0), round((rw - size) / 2.0)
 
 
 @lru_cache(maxsize=256)
