@@ -213,6 +213,9 @@ def class_name(raw: str, real_names: Sequence[str] = (REAL,)) -> str:
     name = re.sub(r"[^A-Z0-9_.+-]+", "_", raw.strip().upper()).strip("._")
     if not name:
         raise AigiError(f"class {raw!r}: no usable characters for a folder name; rename it")
+    if name == REAL:
+        raise AigiError(f"class {raw!r} is named like the real class but the real images are "
+                        f"{', '.join(real_names) or 'nature'}; {REAL_LABEL_HINT}")
     return name
 
 
