@@ -16,7 +16,7 @@ from aigi.errors import AigiError
 from aigi.inference import class_probs, p_fake
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_CIFAKE
+from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_IMAGES
 from aigi.plots import write_attribution_plots, write_robustness_plots, write_score_plots
 from aigi.robustness import evaluate_robustness, summary_table
 
@@ -58,7 +58,7 @@ def score_robustness(detector: Detector, params: Params, clean: dict[str, Any]) 
     _, table = load_split(PROCESSED, "test")
     table = table[table["label"] >= 0]  # as the clean detection metrics: held-out generators are reported apart
     results = evaluate_robustness(
-        detector, RAW_CIFAKE, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
+        detector, RAW_IMAGES, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
         params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
     )
     write_json(METRICS / "robustness.json", results)
