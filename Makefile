@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo test lint bench ui clean-demo
+.PHONY: venv repro demo demo-multigen test lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ repro: venv
 demo: venv
 	aigi demo
 
+# Attribution offline: three synthetic generators, one of them (VAE) held out of training.
+demo-multigen: venv
+	aigi demo --dir demo-multigen --generators GAN,DIFFUSION,VAE --unseen VAE
+
 test: venv
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q
 
@@ -38,4 +42,4 @@ ui: venv
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 clean-demo:
-	rm -rf demo
+	rm -rf demo demo-multigen

@@ -19,7 +19,8 @@ def _demo(args: argparse.Namespace) -> int:
     from aigi import demo
 
     root = project_root()
-    return demo.run(root, (root / args.dir).resolve())
+    overrides = demo.generator_overrides(root, args.generators, args.unseen) if args.generators else None
+    return demo.run(root, (root / args.dir).resolve(), overrides)
 
 
 def _project_params():
@@ -45,6 +46,10 @@ def load_model(model: str | None, device_name: str):
         return detector.to(dev).eval()
     detector, _ = load_detector(Path(model) if model else project_root() / MODEL_DIR, dev)
     return detector
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _is_uri(text: str) -> bool:
@@ -94,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data in a copy of the project")
     d.add_argument("--dir", default="demo", help="where the copy goes (default: demo/)")
+    d.add_argument("--generators", type=_names, help="several synthetic generators, e.g. GAN,DIFFUSION,VAE: "
+                   "the demo then shows attribution (which generator made an image)")
+    d.add_argument("--unseen", type=_names, default=[], help="generators held out of training, tested apart "
+                   "(evaluate.unseen_generators)")
     d.set_defaults(func=_demo)
     p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
     p.add_argument("paths", nargs="+")

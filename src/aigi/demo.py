@@ -4,6 +4,9 @@ The copy (default `demo/`, git-ignored) gets the project's tracked files, `param
 `params.demo.yaml` merged over it, and its own git repository, then runs `dvc repro`. The user's
 `params.yaml`, and so what `make repro` runs, is untouched; the demo's MLflow runs land in the
 user's store (experiment `aigi-demo`), next to the real ones.
+
+`--generators A,B,C` makes the synthetic source draw one class per generator (each with its own
+fingerprint), so the demo shows attribution; `--unseen C` holds generators out of training.
 """
 
 from __future__ import annotations
@@ -89,8 +92,25 @@ def stage_env(root: Path) -> dict[str, str]:
     return env
 
 
-def run(root: Path, dest: Path) -> int:
-    prepare(root, dest)
+def generator_overrides(root: Path, generators: list[str], unseen: list[str]) -> dict[str, Any]:
+    """Params for a demo with several synthetic generators: prompts for REAL only (generators get the
+    templates), the generators held out in `unseen`, and fewer images per class to stay about a minute."""
+    missing = sorted(set(unseen) - set(generators))
+    if missing:
+        raise AigiError(f"--unseen {', '.join(missing)}: not among --generators {', '.join(generators)}")
+    if len(set(generators) - set(unseen)) < 1:
+        raise AigiError("--unseen holds out every generator; keep at least one for training")
+    base = yaml.safe_load((root / "params.yaml").read_text())
+    return {
+        "data": {"synthetic_generators": generators, "synthetic_train_per_class": 300,
+                 "synthetic_test_per_class": 100, "display_names": {}},
+        "zeroshot": {"prompts": {"REAL": base["zeroshot"]["prompts"]["REAL"]}},
+        "evaluate": {"unseen_generators": unseen},
+    }
+
+
+def run(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> int:
+    prepare(root, dest, overrides)
     print(f"demo: running `dvc repro` in {dest} (synthetic data, {_arch(dest)}, CPU)", flush=True)
     code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=stage_env(root)).returncode
     if code == 0:
