@@ -19,7 +19,9 @@ def _demo(args: argparse.Namespace) -> int:
     from aigi import demo
 
     root = project_root()
-    overrides = demo.generator_overrides(root, args.generators, args.unseen) if args.generators else None
+    overrides = demo.generator_overrides(root, args.generators, args.unseen) if args.generators else {}
+    if args.params:
+        overrides = demo.merge(overrides, demo.file_overrides(root, Path(args.params)))
     return demo.run(root, (root / args.dir).resolve(), overrides)
 
 
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the demo then shows attribution (which generator made an image)")
     d.add_argument("--unseen", type=_names, default=[], help="generators held out of training, tested apart "
                    "(evaluate.unseen_generators)")
+    d.add_argument("--params", help="a YAML file of params merged last, e.g. params.multigen-sample.yaml")
     d.set_defaults(func=_demo)
     p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
     p.add_argument("paths", nargs="+")

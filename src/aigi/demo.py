@@ -7,6 +7,8 @@ user's store (experiment `aigi-demo`), next to the real ones.
 
 `--generators A,B,C` makes the synthetic source draw one class per generator (each with its own
 fingerprint), so the demo shows attribution; `--unseen C` holds generators out of training.
+`--params FILE` merges a further YAML file last (e.g. `params.multigen-sample.yaml`: real data, a
+small ViT); a relative `data.path` in it is taken from the project root.
 """
 
 from __future__ import annotations
@@ -107,6 +109,17 @@ def generator_overrides(root: Path, generators: list[str], unseen: list[str]) ->
         "zeroshot": {"prompts": {"REAL": base["zeroshot"]["prompts"]["REAL"]}},
         "evaluate": {"unseen_generators": unseen},
     }
+
+
+def file_overrides(root: Path, path: Path) -> dict[str, Any]:
+    """Params from a YAML file, with a relative `data.path` resolved against `root` (the copy is elsewhere)."""
+    if not path.is_file():
+        raise AigiError(f"--params {path}: no such file")
+    over = yaml.safe_load(path.read_text()) or {}
+    data_path = (over.get("data") or {}).get("path")
+    if data_path and not Path(data_path).is_absolute():
+        over["data"]["path"] = str((root / data_path).resolve())
+    return over
 
 
 def run(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> int:
