@@ -107,6 +107,7 @@ def generator_overrides(root: Path, generators: list[str], unseen: list[str]) ->
         "data": {"synthetic_generators": generators, "synthetic_train_per_class": 300,
                  "synthetic_test_per_class": 100, "display_names": {}},
         "zeroshot": {"prompts": {"REAL": base["zeroshot"]["prompts"]["REAL"]}},
+        "finetune": {"epochs": 3},  # the fingerprints are learnt by then
         "evaluate": {"unseen_generators": unseen},
     }
 
