@@ -350,7 +350,7 @@ def _write_split(split, items, raw, out, params, image_size, pool, workers, skip
     jobs = [([str(raw / c.file) for c in chunk], start, writer.rows, image_size, params.max_image_pixels)
             for start, chunk in chunks]
     rows: list[Candidate] = []
-    dims: list[tuple[int, int]] = []
+    dims = np.zeros((len(items), 2), dtype=np.int32)  # original width, height of each written row
     skipped_per_class: Counter[str] = Counter()
     blocks: list[tuple[int, int]] = []
     pixels = hashlib.sha256()  # over the per-row SHA-256s, in row order
@@ -365,8 +365,8 @@ def _write_split(split, items, raw, out, params, image_size, pool, workers, skip
                     skipped.append({"file": cand.file, "reason": why})
                     skipped_per_class[found[cand.label]] += 1
                     continue
+                dims[len(rows)] = w, h
                 rows.append(cand)
-                dims.append((w, h))
                 sizes[found[cand.label]].add(w, h)
             blocks.append((start, len(digests)))
             for d in digests:
@@ -379,8 +379,8 @@ def _write_split(split, items, raw, out, params, image_size, pool, workers, skip
         "label": np.array([index.get(found[c.label], -1) for c in rows], dtype=np.int64),
         "label_name": [found[c.label] for c in rows],
         "sha256": [c.sha256 for c in rows],
-        "width": np.array([d[0] for d in dims], dtype=np.int64),
-        "height": np.array([d[1] for d in dims], dtype=np.int64),
+        "width": dims[: len(rows), 0],
+        "height": dims[: len(rows), 1],
     })
     table.to_csv(out / f"{split}.csv", index=False)
     counts = Counter(table["label_name"])
