@@ -41,7 +41,7 @@ EXAMPLES = 10  # file names listed in the manifest per kind of event
 
 @dataclass(slots=True)
 class Candidate:
-    """One image of the plan: ~250 bytes per image in all (object, path and hash strings)."""
+    """One image of the plan: ~210 bytes in all (object, path and hash strings; measured by a test)."""
 
     file: str  # path relative to the raw root, e.g. "train/FAKE/0001 (3).jpg"
     label: int  # index into the classes found in data/raw (not yet the model's)
@@ -246,10 +246,13 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unsee
     rng = np.random.default_rng([seed, 2])
     # Stratified validation split carved from train; the test split is never touched by training.
     val_idx: list[int] = []
+    by_class: dict[int, list[int]] = {}  # one pass, not one per class: ~50 classes x 1 M images
+    for i, c in enumerate(train):
+        by_class.setdefault(c.label, []).append(i)
     for label, name in enumerate(found_classes):
         if label in held:
             continue
-        idx = [i for i, c in enumerate(train) if c.label == label]
+        idx = by_class.get(label, [])
         n_val = max(1, round(len(idx) * params.val_fraction))
         if n_val >= len(idx):
             raise AigiError(
