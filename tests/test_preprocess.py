@@ -208,8 +208,9 @@ def test_plan_memory_is_flat_over_fifty_classes(tmp_path):
                 tiny.save(raw / split / name / f"{i:03d}.png")
     tracemalloc.start()
     plan = preprocess.plan(raw, PreprocessParams(train_per_class=30, test_per_class=10), seed=0)
-    _, peak = tracemalloc.get_traced_memory()
+    kept, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(plan.classes) == 50 and len(plan.splits["test"]) == 500
     assert sum(len(v) for v in plan.splits.values()) == 50 * 40
-    assert peak / 2500 < 2000  # bytes per image found, including the hashing's transient lists
+    # Bytes per image found (measured: ~210 kept, ~430 at peak): 1.3 M images plan in well under 1 GB.
+    assert kept / 2500 < 400 and peak / 2500 < 1000

@@ -497,3 +497,21 @@ def test_multigen_sample_gives_four_classes_with_provenance_counts(tmp_path):
     assert m["splits"]["test"]["per_class"] == {c: 1000 for c in m["classes"]}
     assert m["splits"]["train"]["count"] + m["splits"]["val"]["count"] == 8000
     assert {c: v["top"] for c, v in m["original_sizes"].items()} == {c: {"32x32": 3000} for c in m["classes"]}
+
+
+def test_image_folders_with_a_metadata_label_column(tmp_path):
+    from conftest import write_images
+
+    hub = tmp_path / "hub"
+    for k, split in enumerate(("train", "test")):
+        rows = []
+        for j, model in enumerate(("real", "dalle3", "sd21")):
+            for f in write_images(hub / split / model, 2, seed=10 * k + j):
+                rows.append(f"{model}/{f.name},{model}")
+        (hub / split / "metadata.csv").write_text("file_name,model\n" + "\n".join(rows) + "\n")
+    dest, info = _download(tmp_path / "a", source="local", path=str(hub), label_column="model")
+    assert info["layout"] == "label_column" and info["classes"] == ["REAL", "DALLE3", "SD21"]
+    assert info["counts"]["test/DALLE3"] == 2 and (dest / "images" / "train" / "SD21" / "0001.png").is_file()
+    with pytest.raises(AigiError, match=r"test/metadata.csv: no label column 'generator' \(columns found: "
+                                        r"file_name, model\)"):
+        _download(tmp_path / "b", source="local", path=str(hub), label_column="generator")

@@ -203,6 +203,7 @@ def _short(e: BaseException) -> str:
 REAL = "REAL"
 GENIMAGE_SPLITS = {"train": "train", "val": "test"}  # GenImage's `val` is the test split
 GENIMAGE_KINDS = ("ai", "nature")
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # Hugging Face imagefolder: file_name + label columns
 REAL_LABEL_HINT = "set data.real_class (folders) or data.real_labels (a label column) to the name real images carry"
 
 
@@ -236,7 +237,9 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
     if layout == "auto":
         layout = detect_layout(path)
     if layout == "label_column":
-        return {"layout": layout, **import_parquet(path, out, params)}
+        if next(path.rglob("*.parquet"), None) is not None:
+            return {"layout": layout, **import_parquet(path, out, params)}
+        return {"layout": layout, **import_metadata(path, out, params, move)}
     folders = find_genimage(path) if layout == "genimage" else find_layout(path, params.real_class)
     ignored = 0
     for (split, label), sources_ in folders.items():
@@ -287,8 +290,8 @@ def _seen(root: Path) -> str:
 
 
 def detect_layout(root: Path) -> str:
-    """`label_column` for parquet shards, `genimage` for `{train,val}/{ai,nature}`, else `folder`."""
-    if next(root.rglob("*.parquet"), None) is not None:
+    """`label_column` for parquet shards or metadata files, `genimage` for `{train,val}/{ai,nature}`, else `folder`."""
+    if any(next(root.rglob(pattern), None) is not None for pattern in ("*.parquet", *METADATA_FILES)):
         return "label_column"
     for folder in _walk(root, 4):
         split = _child(folder, "val") or _child(folder, "train")
@@ -359,12 +362,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     column = params.label_column
     names = _hf_label_names(folder, column)
     shards = sorted(folder.rglob("*.parquet"))
-    split_of = {}
-    for shard in shards:
-        tokens = set(re.split(r"[^a-z]+", shard.relative_to(folder).as_posix().lower()))
-        split_of[shard] = next((s for s in SPLITS if s in tokens), "val" if tokens & {"val", "validation"} else None)
-    if "test" not in split_of.values():
-        split_of = {k: "test" if v == "val" else v for k, v in split_of.items()}
+    split_of = _splits_by_path(shards, folder)
     written = 0
     for shard in shards:
         split = split_of[shard]
@@ -373,9 +371,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
         pf = pq.ParquetFile(shard)
         columns = pf.schema_arrow.names
         image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
-        if column not in columns:
-            raise AigiError(f"{shard.name}: no label column '{column}' (columns found: {', '.join(columns)}); "
-                            f"set data.label_column")
+        _has_label_column(shard.name, column, columns)
         if image_col is None:
             raise AigiError(f"{shard.name}: no image column (expected 'image'; columns found: {', '.join(columns)})")
         i = 0
@@ -398,6 +394,58 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     if not written:
         raise AigiError(f"{folder}: no parquet shard named for a train or test split")
     return {"format": "parquet"}
+
+
+def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
+    """Hugging Face image folders: `metadata.csv` / `metadata.jsonl` rows name a `file_name` and its label column.
+
+    The split comes from the metadata file's path, as for parquet shards; files keep their names.
+    """
+    import pandas as pd
+
+    tables = sorted(p for pattern in METADATA_FILES for p in folder.rglob(pattern))
+    split_of = _splits_by_path(tables, folder)
+    written = 0
+    for meta in tables:
+        split = split_of[meta]
+        if split not in SPLITS:
+            continue
+        table = pd.read_csv(meta) if meta.suffix == ".csv" else pd.read_json(meta, lines=True)
+        _has_label_column(meta.relative_to(folder).as_posix(), params.label_column, list(table.columns))
+        if "file_name" not in table.columns:
+            raise AigiError(f"{meta}: no file_name column (columns found: {', '.join(table.columns)})")
+        for rel, label in zip(table["file_name"], table[params.label_column], strict=True):
+            src = (meta.parent / str(rel)).resolve()
+            if not src.is_relative_to(meta.parent.resolve()) or not src.is_file():
+                raise AigiError(f"{meta}: file_name {rel!r} is not a file under {meta.parent.name}/")
+            if not is_image_file(src):
+                continue
+            target = out / split / class_name(str(label), params.real_labels) / src.name
+            if target.exists():  # one name in two sub-folders: keep both
+                target = target.with_name("__".join(Path(str(rel)).parts))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (os.replace if move else shutil.copyfile)(src, target)
+            written += 1
+    if not written:
+        raise AigiError(f"{folder}: no metadata file named for a train or test split")
+    return {"format": "metadata"}
+
+
+def _splits_by_path(files: list[Path], root: Path) -> dict[Path, str | None]:
+    """Each file's split from the words of its path; `val`/`validation` is the test split when no file is `test`."""
+    split_of: dict[Path, str | None] = {}
+    for f in files:
+        tokens = set(re.split(r"[^a-z]+", f.relative_to(root).as_posix().lower()))
+        split_of[f] = next((s for s in SPLITS if s in tokens), "val" if tokens & {"val", "validation"} else None)
+    if "test" not in split_of.values():
+        split_of = {k: "test" if v == "val" else v for k, v in split_of.items()}
+    return split_of
+
+
+def _has_label_column(where: str, column: str, columns: list[str]) -> None:
+    if column not in columns:
+        raise AigiError(f"{where}: no label column '{column}' (columns found: {', '.join(columns)}); "
+                        f"set data.label_column")
 
 
 def _image_suffix(data: bytes) -> str:
