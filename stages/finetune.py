@@ -16,14 +16,15 @@ from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
 from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED
 from aigi.plots import write_training_curves
-from aigi.train import load_checkpoint, train
+from aigi.train import code_fingerprint, load_checkpoint, train
 
 CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
 
 
 def fingerprint(p: params.Params, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: the params this stage reads, the data, the process count."""
-    keys = {"seed": p.seed, "model": p.model.model_dump(), "prompts": p.zeroshot.prompts,
+    """What a checkpoint must match to be resumed: the params this stage reads, the data, the code and
+    library versions, the process count."""
+    keys = {"code": code_fingerprint(), "seed": p.seed, "model": p.model.model_dump(), "prompts": p.zeroshot.prompts,
             "finetune": p.finetune.model_dump(), "data": (PROCESSED / "manifest.json").read_text(),
             "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
@@ -47,6 +48,10 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
     fp = fingerprint(p, world.size)
     resume = load_checkpoint(CHECKPOINT, fp)
     run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
+    if run_id and not tracking.run_usable(p, run_id):
+        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in {tracking.tracking_uri(p)}; "
+              f"training starts afresh")
+        resume, run_id = None, None
 
     with tracking.start_training_run(p, run_id) if world.is_main else contextlib.nullcontext() as mlrun:
         def log_epoch(row: dict) -> None:

@@ -83,6 +83,16 @@ def data_version(root: Path) -> str:
     return "unknown"
 
 
+def run_usable(params: Params, run_id: str) -> bool:
+    """Whether `run_id` exists in the store and is not deleted (a resume reopens it). Read-only, so every
+    torchrun rank can ask and all take the same decision."""
+    use_store(params)
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def start_training_run(params: Params, run_id: str | None = None) -> mlflow.ActiveRun:
     """Open the run of a new model (or reopen `run_id` when resuming) with params and tags logged."""
     exp = experiment_id(params)

@@ -21,6 +21,7 @@ alone writes the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -223,8 +224,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def code_fingerprint() -> dict[str, str]:
+    """What a checkpoint's training also depends on besides params and data: the aigi package's source
+    (every module and model config: the whole package, so no import can be missed) and the versions
+    of the libraries doing the arithmetic."""
+    import open_clip
+
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for f in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
+        digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"aigi_source": digest.hexdigest(), "torch": torch.__version__,
+            "open_clip": getattr(open_clip, "__version__", "unknown")}
+
+
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, world size)."""
+    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, code, world size)."""
     if not path.is_file():
         return None
     try:
@@ -233,7 +248,8 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
         print(f"ignoring {path}: unreadable ({one_line(e, 120)})")
         return None
     if state.get("fingerprint") != fingerprint:
-        print(f"ignoring {path}: it was written for other params, data or number of processes")
+        print(f"ignoring {path}: it was written for other params, data, code, library versions or number of "
+              f"processes; training starts afresh")
         return None
     return state
 
