@@ -7,6 +7,7 @@ Multi-GPU: `torchrun --nproc_per_node=N stages/finetune.py`; rank 0 alone logs, 
 import contextlib
 import hashlib
 import json
+from pathlib import Path
 
 import mlflow
 
@@ -24,9 +25,9 @@ CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
 def fingerprint(p: params.Params, world_size: int) -> str:
     """What a checkpoint must match to be resumed: the params this stage reads, the data, the code and
     library versions, the process count."""
-    keys = {"code": code_fingerprint(), "seed": p.seed, "model": p.model.model_dump(), "prompts": p.zeroshot.prompts,
-            "finetune": p.finetune.model_dump(), "data": (PROCESSED / "manifest.json").read_text(),
-            "world_size": world_size}
+    keys = {"code": code_fingerprint(Path(__file__)), "seed": p.seed, "model": p.model.model_dump(),
+            "prompts": p.zeroshot.prompts, "finetune": p.finetune.model_dump(),
+            "data": (PROCESSED / "manifest.json").read_text(), "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 

@@ -224,17 +224,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def code_fingerprint() -> dict[str, str]:
-    """What a checkpoint's training also depends on besides params and data: the aigi package's source
-    (every module and model config: the whole package, so no import can be missed) and the versions
-    of the libraries doing the arithmetic."""
+def code_fingerprint(script: Path) -> dict[str, str]:
+    """What a checkpoint's training also depends on besides params and data: the source of `script` and
+    of every aigi module it imports (with the model configs), and the versions of the libraries doing
+    the arithmetic."""
     import open_clip
 
-    package = Path(__file__).parent
+    from aigi.imports import PACKAGE, local_modules
+
+    files = [Path(script), *local_modules(script), *sorted((PACKAGE / "model_configs").glob("*.json"))]
     digest = hashlib.sha256()
-    for f in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts):
-        digest.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return {"aigi_source": digest.hexdigest(), "torch": torch.__version__,
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"source_sha256": digest.hexdigest(), "torch": torch.__version__,
             "open_clip": getattr(open_clip, "__version__", "unknown")}
 
 
