@@ -9,7 +9,7 @@ from aigi import device, params, serving, tracking
 from aigi.errors import exits_cleanly
 from aigi.evaluation import mlflow_metrics, mlflow_robustness_metrics, score_robustness, score_test_split
 from aigi.model import load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS
+from aigi.paths import METRICS, MODEL_DIR, PLOTS, RUN_JSON
 
 
 @exits_cleanly
@@ -19,7 +19,7 @@ def main() -> None:
     result = score_test_split(detector, p, "eval", p.evaluate.batch_size)
     robust = score_robustness(detector, p, result)
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
-    with tracking.model_run(p, MODEL_DIR):
+    with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics({**mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
                             **mlflow_robustness_metrics(robust)})
         for name in ("eval", "zeroshot", "robustness"):
@@ -31,7 +31,8 @@ def main() -> None:
     print(f"evaluate: accuracy={result['accuracy']:.4f} (zero-shot {zeroshot['accuracy']:.4f}), "
           f"roc_auc={result['roc_auc']:.4f}" + (f"; hardest perturbation {worst[0]}: "
                                                 f"accuracy={worst[1]['accuracy']:.4f}" if worst else ""))
-    print(f"evaluate: registered models:/{version.name}@{p.mlflow.model_alias} (version {version.version})")
+    print(f"evaluate: these weights are models:/{version.name}/{version.version} "
+          f"(a new version only for new weights; alias {p.mlflow.model_alias})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from aigi import device, distributed, params, tracking
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
-from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED
+from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED, RUN_JSON
 from aigi.plots import write_training_curves
 from aigi.train import code_fingerprint, load_checkpoint, train
 
@@ -69,9 +69,8 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
             save_detector(detector, out, {
                 "arch": p.model.arch, "pretrained": p.model.pretrained, "method": p.finetune.method,
                 "prompts": p.zeroshot.prompts, "best_epoch": result.best_epoch, "wise_alpha": p.finetune.wise_alpha,
-                "mlflow_run_id": mlrun.info.run_id,
             })
-            (out / tracking.RUN_ID_FILE).write_text(mlrun.info.run_id + "\n")
+        tracking.write_run_file(RUN_JSON, mlrun.info.run_id)  # beside the model: same weights, same DVC hash
         write_training_curves(PLOTS / "train", result.history)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
                             **{f"final_{k}": v for k, v in result.final_val.items()}})

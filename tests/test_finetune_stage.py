@@ -2,6 +2,7 @@
 it ends exactly where an uninterrupted training ends, in the same MLflow run; under torchrun with two gloo
 ranks it trains and saves the model once."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -117,7 +118,8 @@ def test_killed_after_first_checkpoint_resumes_to_the_same_result(tmp_path, proc
     saved = weights(root)
     assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
 
-    run_id = (root / "models" / "finetuned" / "run_id").read_text().strip()
+    assert not (root / "models" / "finetuned" / "run_id").exists()  # no per-run value inside the model
+    run_id = json.loads((root / "models" / "run.json").read_text())["run_id"]
     assert run_id == state["run_id"]  # the resumed run logged into the run the crashed one opened
     assert metric_steps(tracking, run_id, "val_accuracy") == list(range(1, EPOCHS + 1))
 

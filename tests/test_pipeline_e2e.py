@@ -89,7 +89,7 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_id == (root / "models" / "finetuned" / "run_id").read_text().strip()
+    assert run.info.run_id == json.loads((root / "models" / "run.json").read_text())["run_id"]
     p = run.data.params
     assert p["finetune.method"] == "contrastive" and p["model.arch"] == "aigi-tiny" and p["seed"] == "42"
     m = run.data.metrics

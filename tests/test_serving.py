@@ -240,3 +240,25 @@ def test_reserved_or_invalid_alias_is_refused(alias):
 
     with pytest.raises(AigiError, match=r"mlflow\.model_alias"):
         params.parse({"mlflow": {"model_alias": alias}})
+
+
+def test_one_registry_version_per_set_of_weights(registered, tiny_model_dir, tmp_path):
+    import shutil
+
+    import mlflow
+
+    uri, _ = registered
+    p = params.parse({"mlflow": {"registered_model": "once", "model_alias": "newest"}})
+    client = mlflow.MlflowClient(uri)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "detector.json").write_text((other / "detector.json").read_text().replace("{", '{"retrained": 1, ', 1))
+    exp = mlflow.create_experiment("once", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = []
+    for folder in (tiny_model_dir, tiny_model_dir, other, tiny_model_dir):  # e.g. evaluate re-run, then retrained
+        with mlflow.start_run(experiment_id=exp):
+            versions.append(int(serving.log_and_register(folder, p).version))
+    assert versions == [1, 1, 2, 1]
+    assert len(client.search_model_versions("name = 'once'")) == 2
+    assert int(client.get_model_version_by_alias("once", "newest").version) == 2  # a reused version moves no alias
+    assert client.get_model_version("once", "1").tags[serving.WEIGHTS_TAG] == serving.weights_sha256(tiny_model_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -144,12 +145,36 @@ def requirements() -> list[str]:
     return out
 
 
+WEIGHTS_TAG = "weights_sha256"  # on each registered version: the model files it holds
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One hash of every file in the saved model folder (names and bytes): the registry's key."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(f.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def log_and_register(model_dir: Path, params: Params) -> Any:
     """Log `model_dir` as a pyfunc model in the active run, register it under `mlflow.registered_model`
-    and point `mlflow.model_alias` at the new version. Returns the `ModelVersion`."""
+    and point `mlflow.model_alias` at the new version. Returns the `ModelVersion`.
+
+    One version per model: when a version already holds these exact weights (its `weights_sha256`
+    tag), it is returned as is, nothing is logged and the alias stays where it is (re-evaluating with
+    other evaluate params makes no new version)."""
     if mlflow.active_run() is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
     name, alias = params.mlflow.registered_model, params.mlflow.model_alias
+    key = weights_sha256(model_dir)
+    client = mlflow.MlflowClient()
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(WEIGHTS_TAG) == key]
+    if existing:
+        return min(existing, key=lambda v: int(v.version))
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
@@ -160,7 +185,7 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
         pip_requirements=requirements(),
         registered_model_name=name,
     )
-    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, info.registered_model_version, WEIGHTS_TAG, key)
     client.set_registered_model_alias(name, alias, info.registered_model_version)
     return client.get_model_version(name, info.registered_model_version)
 
