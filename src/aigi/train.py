@@ -186,6 +186,13 @@ def shard(order: np.ndarray, w: World) -> np.ndarray:
     return order[w.rank : usable : w.size]
 
 
+def accumulation_group_size(micro: int, micro_batches: int, accum: int) -> int:
+    """How many micro-batches (1-based `micro`) share this optimizer step: `accum`, or fewer for an epoch's
+    last group, whose gradient is then the mean of what it has (not shrunk by the missing ones)."""
+    first = (micro - 1) // accum * accum
+    return min(accum, micro_batches - first)
+
+
 def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Horizontal flip of a random half of an NHWC batch, on its device."""
     flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
@@ -369,6 +376,7 @@ def train(
             if cfg.augment_flip:
                 x = flip_half(x, flips)
             step_now = micro % cfg.grad_accum_steps == 0 or micro == micro_batches
+            group = accumulation_group_size(micro, micro_batches, cfg.grad_accum_steps)
             sync = model.no_sync() if world.distributed and not step_now else contextlib.nullcontext()
             with sync:
                 try:
@@ -380,7 +388,7 @@ def train(
                                         f"set finetune.compile: false") from None
                     raise
                 loss = F.cross_entropy(logits, y)
-                (loss / cfg.grad_accum_steps).backward()
+                (loss / group).backward()
             if step_now:
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
