@@ -9,7 +9,7 @@ from aigi import device, params, serving, tracking
 from aigi.errors import exits_cleanly
 from aigi.evaluation import mlflow_metrics, mlflow_robustness_metrics, score_robustness, score_test_split
 from aigi.model import load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_CIFAKE, RUN_JSON
+from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_IMAGES, RUN_JSON
 
 
 @exits_cleanly
@@ -18,7 +18,7 @@ def main() -> None:
     detector, _ = load_detector(MODEL_DIR, device.resolve(p.model.device))
     result = score_test_split(detector, p, "eval", p.evaluate.batch_size, PROCESSED, METRICS / "eval.json",
                               PLOTS / "eval")
-    robust = score_robustness(detector, p, result, PROCESSED, RAW_CIFAKE, METRICS / "robustness.json",
+    robust = score_robustness(detector, p, result, PROCESSED, RAW_IMAGES, METRICS / "robustness.json",
                               PLOTS / "robustness")
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
     with tracking.model_run(p, RUN_JSON):
