@@ -9,17 +9,19 @@ from aigi import device, params, serving, tracking
 from aigi.errors import exits_cleanly
 from aigi.evaluation import mlflow_metrics, mlflow_robustness_metrics, score_robustness, score_test_split
 from aigi.model import load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS
+from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_IMAGES, RUN_JSON
 
 
 @exits_cleanly
 def main() -> None:
     p = params.load()
     detector, _ = load_detector(MODEL_DIR, device.resolve(p.model.device))
-    result = score_test_split(detector, p, "eval", p.evaluate.batch_size)
-    robust = score_robustness(detector, p, result)
+    result = score_test_split(detector, p, "eval", p.evaluate.batch_size, PROCESSED, METRICS / "eval.json",
+                              PLOTS / "eval")
+    robust = score_robustness(detector, p, result, PROCESSED, RAW_IMAGES, METRICS / "robustness.json",
+                              PLOTS / "robustness")
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
-    with tracking.model_run(p, MODEL_DIR):
+    with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics({**mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
                             **mlflow_robustness_metrics(robust)})
         for name in ("eval", "zeroshot", "robustness"):
@@ -34,7 +36,8 @@ def main() -> None:
     if att := result.get("attribution"):
         print(f"evaluate: attribution accuracy={att['accuracy']:.4f} macro_f1={att['macro_f1']:.4f} "
               f"(zero-shot {zeroshot['attribution']['accuracy']:.4f})")
-    print(f"evaluate: registered models:/{version.name}@{p.mlflow.model_alias} (version {version.version})")
+    print(f"evaluate: these weights are models:/{version.name}/{version.version} "
+          f"(a new version only for new weights; alias {p.mlflow.model_alias})")
 
 
 if __name__ == "__main__":

@@ -150,3 +150,13 @@ def test_no_bootstrap_means_no_intervals_anywhere():
     out = metrics.evaluate_classes(*_n_way(), 0.5, 0, 0)
     assert "ci95" not in out and "ci95" not in out["attribution"]
     assert not any(k.endswith("_ci95") for row in out["per_generator"].values() for k in row)
+
+
+def test_ece_is_of_the_decision_at_the_threshold():
+    y, p = np.array([1, 1]), np.array([0.35, 0.65])
+    # at 0.3 both are decided FAKE (right) with confidence 0.35 and 0.65: ECE = (0.65 + 0.35) / 2
+    assert metrics.evaluate(y, p, 0.3, 0, 0)["ece"] == pytest.approx(0.5)
+    # at 0.5 the first is decided REAL (wrong) with confidence 0.65, in the second's bin: |0.5 - 0.65|
+    assert metrics.evaluate(y, p, 0.5, 0, 0)["ece"] == pytest.approx(0.15)
+    weights = np.ones((1, 2), int)
+    assert metrics.resample_metrics(y, p, 0.3, weights)["ece"][0] == pytest.approx(0.5)

@@ -89,7 +89,7 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_id == (root / "models" / "finetuned" / "run_id").read_text().strip()
+    assert run.info.run_id == json.loads((root / "models" / "run.json").read_text())["run_id"]
     p = run.data.params
     assert p["finetune.method"] == "contrastive" and p["model.arch"] == "aigi-tiny" and p["seed"] == "42"
     m = run.data.metrics
@@ -129,6 +129,27 @@ def test_second_repro_does_nothing_and_adds_no_run(project):
     ran, _ = _repro(root, env)
     assert ran == []
     assert len(_runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")) == 1
+
+
+def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_version(project):
+    import mlflow
+    import yaml
+
+    root, env, _ = project
+    original = (root / "params.yaml").read_text()
+    p = yaml.safe_load(original)
+    p["mlflow"]["experiment"] = "aigi-demo-renamed"
+    p["evaluate"]["robustness"]["rescale"] = [0.5]
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    try:
+        ran, _ = _repro(root, env)
+        assert ran == ["evaluate", "report"]  # no retraining: same weights, same registry version, alias kept
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        assert [int(v.version) for v in client.search_model_versions("name = 'aigi-demo-detector'")] == [1]
+        assert int(client.get_model_version_by_alias("aigi-demo-detector", "newest").version) == 1
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert "finetune" not in _repro(root, env)[0]  # back to the baseline (DVC's run cache may restore it)
 
 
 def test_changing_a_finetune_param_reruns_only_its_descendants(project):

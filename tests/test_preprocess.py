@@ -132,6 +132,24 @@ def test_test_split_does_not_depend_on_train_params(synthetic_raw, tmp_path):
     assert (np.load(tmp_path / "a" / "test.npy") == np.load(tmp_path / "b" / "test.npy")).all()
 
 
+@pytest.mark.parametrize("damage", ["truncated_npy", "bad_csv", "missing_csv", "row_mismatch"])
+def test_a_corrupt_processed_split_is_one_line(tmp_path, damage):
+    np.save(tmp_path / "test.npy", np.zeros((2, 4, 4, 3), np.uint8))
+    (tmp_path / "test.csv").write_text("file,label,label_name\na.png,0,REAL\nb.png,1,FAKE\n")
+    if damage == "truncated_npy":
+        data = (tmp_path / "test.npy").read_bytes()
+        (tmp_path / "test.npy").write_bytes(data[:40])
+    elif damage == "bad_csv":
+        (tmp_path / "test.csv").write_bytes(b"")
+    elif damage == "missing_csv":
+        (tmp_path / "test.csv").unlink()
+    else:
+        (tmp_path / "test.csv").write_text("file,label,label_name\na.png,0,REAL\n")
+    with pytest.raises(AigiError, match=r"preprocess") as err:
+        load_split(tmp_path, "test")
+    assert "\n" not in str(err.value)
+
+
 @pytest.fixture
 def multigen_raw(tmp_path):
     """A synthetic tree with three generators: 40 train + 12 test images per class."""

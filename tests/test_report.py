@@ -96,3 +96,12 @@ def test_several_generators_add_classes_attribution_per_generator_and_unseen(tmp
     assert "| GLIDE | GLIDE | 10 | unseen generator (test only) |" in md
     assert f"| REAL | {' | '.join(str(ft['attribution']['confusion']['REAL'][c]) for c in classes)} |" in md
     assert "![Attribution confusion](assets/attribution-confusion.png)" in md
+
+
+def test_html_lists_tables_and_code_are_well_formed(tmp_path):
+    from aigi.report import to_html
+
+    out = to_html("# T\n\n- one `x<y`\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```yaml\nk: <v>\n```\n", tmp_path)
+    assert "<ul>\n<li>one <code>x&lt;y</code></li>\n<li>two</li>\n</ul>" in out
+    assert out.count("<li>") == out.count("</li>") == 2 and out.index("<ul>") < out.index("<li>")
+    assert "<table>" in out and "<td>1</td>" in out and "k: &lt;v&gt;" in out

@@ -157,3 +157,12 @@ def test_n_way_training_learns_every_method_and_p_fake_is_one_minus_p_real():
     probs = class_probs(det, val_data[0], 32)
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
     np.testing.assert_allclose(predict_proba(det, val_data[0], 32), 1 - probs[:, 0])
+
+
+def test_last_partial_accumulation_group_is_a_mean_of_what_it_has():
+    from aigi.train import accumulation_group_size
+
+    # 7 micro-batches, 3 per step: steps of 3, 3 and 1; the last loss is divided by 1, not 3
+    assert [accumulation_group_size(m, 7, 3) for m in range(1, 8)] == [3, 3, 3, 3, 3, 3, 1]
+    assert [accumulation_group_size(m, 4, 2) for m in range(1, 5)] == [2, 2, 2, 2]
+    assert [accumulation_group_size(m, 3, 1) for m in range(1, 4)] == [1, 1, 1]

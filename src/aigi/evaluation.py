@@ -16,7 +16,6 @@ from aigi.errors import AigiError
 from aigi.inference import class_probs, p_fake
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_IMAGES
 from aigi.plots import write_attribution_plots, write_robustness_plots, write_score_plots
 from aigi.robustness import evaluate_robustness, summary_table
 
@@ -30,39 +29,41 @@ def test_classes(detector: Detector, manifest: dict[str, Any]) -> tuple[list[str
     return classes, display_names
 
 
-def score_test_split(detector: Detector, params: Params, name: str, batch_size: int) -> dict[str, Any]:
-    """Writes `metrics/<name>.json` and `plots/<name>/` (ROC, PR, confusions, predictions.csv)."""
-    images, table = load_split(PROCESSED, "test")
-    classes, _ = test_classes(detector, json.loads((PROCESSED / "manifest.json").read_text()))
+def score_test_split(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
+                     metrics_file: Path, plots_dir: Path) -> dict[str, Any]:
+    """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusions,
+    predictions.csv); `name` labels the progress bar and the plots."""
+    images, table = load_split(processed, "test")
+    classes, _ = test_classes(detector, json.loads((processed / "manifest.json").read_text()))
     labels = table["label"].to_numpy()
     probs = class_probs(detector, images, batch_size, desc=f"{name} test")
     result = metrics.evaluate_classes(classes, labels, table["label_name"].to_numpy(), probs,
                                       params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
                                       files=table["file"].tolist())
-    write_json(METRICS / f"{name}.json", result)
-    folder = PLOTS / name
+    write_json(metrics_file, result)
     seen = labels >= 0  # detection and attribution curves: the trained classes; held-out generators apart
     p = p_fake(probs)
-    write_score_plots(folder, is_fake(table["label_name"])[seen], p[seen], params.evaluate.threshold, name)
-    write_attribution_plots(folder, classes, labels[seen], probs[seen], name)
+    write_score_plots(plots_dir, is_fake(table["label_name"])[seen], p[seen], params.evaluate.threshold, name)
+    write_attribution_plots(plots_dir, classes, labels[seen], probs[seen], name)
     columns = {"p_fake": np.round(p, 6)}
     if len(classes) > 2:
         columns |= {f"p_{c}": np.round(probs[:, k], 6) for k, c in enumerate(classes)}
-    table.assign(**columns).to_csv(folder / "predictions.csv", index_label="index")
+    table.assign(**columns).to_csv(plots_dir / "predictions.csv", index_label="index")
     return result
 
 
-def score_robustness(detector: Detector, params: Params, clean: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The test split's originals (data/raw) of the trained classes perturbed per `evaluate.robustness`:
-    writes `metrics/robustness.json` and `plots/robustness/` (CSV for DVC, PNG for the report)."""
-    _, table = load_split(PROCESSED, "test")
+def score_robustness(detector: Detector, params: Params, clean: dict[str, Any], processed: Path, raw_images: Path,
+                     metrics_file: Path, plots_dir: Path) -> dict[str, dict[str, Any]]:
+    """The test split's originals (under `raw_images`) of the trained classes perturbed per
+    `evaluate.robustness`: writes `metrics_file` and `plots_dir` (CSV for DVC, PNG for the report)."""
+    _, table = load_split(processed, "test")
     table = table[table["label"] >= 0]  # as the clean detection metrics: held-out generators are reported apart
     results = evaluate_robustness(
-        detector, RAW_IMAGES, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
+        detector, raw_images, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
         params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
     )
-    write_json(METRICS / "robustness.json", results)
-    write_robustness_plots(PLOTS / "robustness", summary_table(clean, results))
+    write_json(metrics_file, results)
+    write_robustness_plots(plots_dir, summary_table(clean, results))
     return results
 
 

@@ -10,6 +10,7 @@ RAW_IMAGES = RAW / "images"  # every source normalised to {train,test}/<CLASS>/
 SOURCE_JSON = RAW / "SOURCE.json"
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("models/finetuned")
+RUN_JSON = Path("models/run.json")  # the model's MLflow run: outside the model folder, whose hash is the weights'
 CHECKPOINT_DIR = Path("models/checkpoints")
 METRICS = Path("metrics")
 PLOTS = Path("plots")

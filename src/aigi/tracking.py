@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -24,8 +25,6 @@ from aigi.paths import PROCESSED, project_root, user_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow
-
-RUN_ID_FILE = "run_id"  # inside models/finetuned/: the MLflow run the later stages log into
 
 
 def tracking_uri(params: Params) -> str:
@@ -83,6 +82,16 @@ def data_version(root: Path) -> str:
     return "unknown"
 
 
+def run_usable(params: Params, run_id: str) -> bool:
+    """Whether `run_id` exists in the store and is not deleted (a resume reopens it). Read-only, so every
+    torchrun rank can ask and all take the same decision."""
+    use_store(params)
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def start_training_run(params: Params, run_id: str | None = None) -> mlflow.ActiveRun:
     """Open the run of a new model (or reopen `run_id` when resuming) with params and tags logged."""
     exp = experiment_id(params)
@@ -100,14 +109,29 @@ def start_training_run(params: Params, run_id: str | None = None) -> mlflow.Acti
     return run
 
 
+def write_run_file(path: Path, run_id: str) -> None:
+    """`models/run.json`: the MLflow run of the model finetune saved, which evaluate and report log into."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id}) + "\n")
+    tmp.replace(path)
+
+
+def read_run_id(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text())["run_id"])
+    except FileNotFoundError:
+        raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)") from None
+    except (ValueError, KeyError, TypeError):
+        raise AigiError(f"{path} is not a run file written by finetune; re-run it (dvc repro -f finetune)") from None
+
+
 @contextlib.contextmanager
-def model_run(params: Params, model_dir: Path) -> Iterator[Any]:
-    """Reopen the run of the model in `model_dir` (written by finetune) for evaluate and report."""
-    path = model_dir / RUN_ID_FILE
-    if not path.is_file():
-        raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)")
+def model_run(params: Params, run_file: Path) -> Iterator[Any]:
+    """Reopen the run named in `run_file` (written by finetune) for evaluate and report."""
+    run_id = read_run_id(run_file)
     experiment_id(params)
-    with mlflow.start_run(run_id=path.read_text().strip()) as run:
+    with mlflow.start_run(run_id=run_id) as run:
         # MLflow params are write-once: params changed since training (evaluate.*, report.*) are
         # recorded as tags, so the run says what its latest metrics were computed with.
         logged = mlflow.get_run(run.info.run_id).data.params
