@@ -250,6 +250,7 @@ def test_pyfunc_of_several_generators_answers_generator_and_class_probabilities(
 
     model = serving.DetectorModel()
     model.detector, _ = load_detector(tiny_multigen_model_dir)
+    model.root = None  # as load_context leaves it without AIGI_SERVE_ALLOWED_ROOT: bytes only
     out = model.predict(None, pd.DataFrame({"image": [f.read_bytes() for f in images]}))
     columns = ["p_fake", "label", "generator", *(f"p_{c}" for c in MULTIGEN_CLASSES)]
     assert list(out.columns) == columns == output_columns(MULTIGEN_CLASSES)
