@@ -36,6 +36,7 @@ class DataParams(Section):
     sha256: str | None = None  # expected SHA-256 of the `url` archive (optional)
     synthetic_train_per_class: Annotated[int, Field(gt=0)] = 600
     synthetic_test_per_class: Annotated[int, Field(gt=0)] = 200
+    synthetic_artifact_region: Literal["full", "center", "corner"] = "full"  # where FAKE carries its fingerprint
     max_archive_bytes: Annotated[int, Field(gt=0)] = 20_000_000_000  # expanded size limit
     max_archive_members: Annotated[int, Field(gt=0)] = 1_000_000
 

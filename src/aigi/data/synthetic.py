@@ -42,13 +42,37 @@ def fake_fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return grey + (img - grey) * rng.uniform(1.7, 2.2)
 
 
+REGIONS = ("full", "center", "corner")
+
+
+def region_mask(region: str) -> np.ndarray:
+    """Where FAKE images carry their fingerprint: the whole image, the central half of each side
+    (16×16 of 32), or the top-left quarter (16×16); lets a test check where saliency points."""
+    mask = np.zeros((SIZE, SIZE, 1), dtype=np.float32)
+    half = SIZE // 2
+    if region == "full":
+        mask[:] = 1
+    elif region == "center":
+        mask[half // 2 : half // 2 + half, half // 2 : half // 2 + half] = 1
+    elif region == "corner":
+        mask[:half, :half] = 1
+    else:
+        raise ValueError(f"artifact region must be one of {', '.join(REGIONS)}, got {region!r}")
+    return mask
+
+
 def file_name(index: int, content_class: int) -> str:
     """CIFAKE's naming (as PNG): `0007.png` for content class 1, `0007 (k).png` for k = 2..10."""
     return f"{index:04d}.png" if content_class == 1 else f"{index:04d} ({content_class}).png"
 
 
-def write_synthetic(dest: Path, train_per_class: int, test_per_class: int, seed: int) -> dict[str, int]:
-    """Write `dest/{train,test}/{REAL,FAKE}/*.png`; returns the count per `split/CLASS`."""
+def write_synthetic(
+    dest: Path, train_per_class: int, test_per_class: int, seed: int, artifact_region: str = "full",
+) -> dict[str, int]:
+    """Write `dest/{train,test}/{REAL,FAKE}/*.png`; returns the count per `split/CLASS`.
+
+    `artifact_region` confines the FAKE fingerprint to part of the image (see `region_mask`)."""
+    mask = region_mask(artifact_region)
     counts: dict[str, int] = {}
     for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
         for label_index, label in enumerate(("REAL", "FAKE")):
@@ -58,7 +82,7 @@ def write_synthetic(dest: Path, train_per_class: int, test_per_class: int, seed:
             for i in range(n):
                 img = scene(rng)
                 if label == "FAKE":
-                    img = fake_fingerprint(img, rng)
+                    img = img + mask * (fake_fingerprint(img, rng) - img)
                 pixels = np.clip(img, 0, 255).round().astype(np.uint8)
                 name = file_name(i // CONTENT_CLASSES, i % CONTENT_CLASSES + 1)
                 Image.fromarray(pixels).save(folder / name, optimize=False)
