@@ -133,6 +133,15 @@ class EvaluateParams(Section):
     robustness: RobustnessParams = RobustnessParams()
 
 
+class ExplainParams(Section):
+    """Grad-CAM saliency (src/aigi/saliency.py): the report's grid and the border-share metric."""
+
+    examples: Annotated[int, Field(ge=1, le=8)] = 2  # per class and model: most confident correct, and mistakes
+    max_images: Annotated[int, Field(gt=0)] | None = 500  # seeded test subset for the border share; null = all
+    border_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.125  # border = outer 1/8 of each side
+    batch_size: Annotated[int, Field(gt=0)] = 64
+
+
 class ReportParams(Section):
     mistakes_shown: Annotated[int, Field(ge=0)] = 16
 
@@ -159,6 +168,7 @@ class Params(Section):
     zeroshot: ZeroshotParams = ZeroshotParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    explain: ExplainParams = ExplainParams()
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
 
