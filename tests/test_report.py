@@ -60,3 +60,20 @@ def test_mistakes_follow_the_threshold_and_confidence(tmp_path):
     assert report.mistakes_grid(predictions, images, 10, 0.3, tmp_path / "b.png") == 3  # 0.95, 0.35, 0.1
     assert report.mistakes_grid(predictions, images, 10, 0.05, tmp_path / "c.png") == 2  # 0.95, 0.35
     assert report.mistakes_grid(predictions.iloc[[0, 1]], images, 10, 0.99, tmp_path / "d.png") == 0
+
+
+def test_report_embeds_the_saliency_grid_and_border_share(tmp_path):
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (40, 20), "blue").save(grid)
+    result = {"border_fraction": 0.125, "uniform_border_share": 0.4375, "n": 400,
+              "border_share": {"finetuned": {"all": 0.61, "REAL": 0.3, "FAKE": 0.9},
+                               "zeroshot": {"all": 0.44, "REAL": 0.43, "FAKE": 0.45}}}
+    out = tmp_path / "reports"
+    report.build(out, Params(), **_inputs(tmp_path), saliency=(result, grid))
+    md = (out / "report.md").read_text()
+    assert "## Where the models look (Grad-CAM)" in md
+    assert "![Saliency grid](assets/saliency-grid.png)" in md and (out / "assets" / "saliency-grid.png").is_file()
+    assert "| FAKE | 0.900 | 0.450 |" in md and "| uniform (looks everywhere) | 0.438 | 0.438 |" in md
+    assert "outer 12.5% of each side" in md and "400 test images" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == md.count("![")
