@@ -64,6 +64,9 @@ def test_metrics_and_fine_tuning_beats_zero_shot(project):
     assert list(robust) == ["jpeg_q90", "jpeg_q70", "jpeg_q50", "jpeg_q30", "blur_sigma0.5", "blur_sigma1",
                             "blur_sigma2", "rescale_0.75", "rescale_0.5"]
     assert all(r["n"] == 400 and 0 <= r["accuracy"] <= 1 and "ci95" in r for r in robust.values())
+    sal = json.loads((root / "metrics" / "saliency.json").read_text())
+    assert sal["n"] == 400 and list(sal["border_share"]["finetuned"]) == ["all", "REAL", "FAKE"]
+    assert all(0 <= v <= 1 for shares in sal["border_share"].values() for v in shares.values())
     for path in ("plots/eval/roc.csv", "plots/eval/confusion.csv", "plots/zeroshot/pr.csv",
                  "plots/robustness/robustness.csv", "plots/robustness/robustness.png",
                  "plots/train/loss.csv", "plots/train/accuracy.csv", "models/finetuned/detector.json",
