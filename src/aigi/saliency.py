@@ -169,10 +169,10 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tile = max(1.4, images.shape[1] / 100)  # inches: at least one screen pixel per image pixel at 100 dpi
+    tile = 1.6  # inches, 160 px at 100 dpi: a 32 px image at 5x, a 224 px one at 0.7x
     names = class_names(next(iter(panels.values()))[1])
     cols = 4 * count
-    fig = plt.figure(figsize=(len(panels) * cols * tile + 0.4, len(names) * (tile + 0.45) + 0.6))
+    fig = plt.figure(figsize=(len(panels) * cols * tile * 1.05 + 0.5, len(names) * tile * 1.25 + 0.5))
     for sub, (title, (detector, predictions)) in zip(fig.subfigures(1, len(panels), wspace=0.02), panels.items(),
                                                      strict=True):
         picks = pick_examples(predictions, threshold, count)
@@ -181,7 +181,9 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
         maps = dict(zip(chosen, saliency_maps(detector, images[rows["index"].to_numpy()], batch_size), strict=True)) \
             if chosen else {}
         sub.suptitle(f"{title}: most confident correct | most confident mistakes", fontsize=10)
-        axes = sub.subplots(len(names), cols, squeeze=False)
+        axes = sub.subplots(len(names), cols, squeeze=False,
+                            gridspec_kw={"wspace": 0.05, "hspace": 0.25, "left": 0.04, "right": 0.99, "top": 0.86,
+                                         "bottom": 0.02})
         for r, name in enumerate(names):
             slots = [*picks[name]["correct"], *[None] * (count - len(picks[name]["correct"])),
                      *picks[name]["mistakes"], *[None] * (count - len(picks[name]["mistakes"]))]
@@ -192,6 +194,9 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
                     for side in ax.spines.values():
                         side.set_visible(False)
                 if i is None:
+                    if c in (0, count):  # the first empty slot says why it is empty
+                        axes[r, 2 * c].text(0.5, 0.5, "no mistakes" if c == count else "none correct",
+                                            ha="center", va="center", fontsize=8, color="grey")
                     continue
                 image = images[int(predictions.iloc[i]["index"])]
                 axes[r, 2 * c].imshow(image, interpolation="nearest")
