@@ -26,7 +26,7 @@ def main() -> None:
     with atomic_dir(PLOTS / "explain") as out:
         saliency.grid_figure(models, images, p.evaluate.threshold, p.explain.examples, p.explain.batch_size,
                              out / "grid.png")
-        result = saliency.summarise(models, images, table, p.explain, p.seed)
+        result = saliency.summarise(models, images, table, p.explain, p.seed, p.evaluate.threshold)
     (METRICS / "saliency.json").write_text(json.dumps(result, indent=2) + "\n")
     with tracking.model_run(p, MODEL_DIR):
         mlflow.log_artifacts(str(PLOTS / "explain"), "plots/explain")

@@ -76,7 +76,7 @@ def predict_paths(
     """One row per file: path, p_fake, label, or path and error when the file cannot be read.
 
     With `explain_dir`, each readable file also gets a Grad-CAM PNG there, named in the row's `explain`."""
-    explain = overlay_writer(detector, explain_dir) if explain_dir is not None else None
+    explain = overlay_writer(detector, explain_dir, threshold) if explain_dir is not None else None
     for f, p, err, *png in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size, explain):
         if p is None:
             yield {"path": str(f), "error": err}
@@ -86,7 +86,7 @@ def predict_paths(
 
 
 def overlay_writer(
-    detector: Detector, folder: Path, min_side: int = 256,
+    detector: Detector, folder: Path, threshold: float = 0.5, min_side: int = 256,
 ) -> Callable[[list[Path], np.ndarray], list[str]]:
     """For `predict_images(explain=...)`: writes `<stem>.saliency.png` (the image the model saw beside its
     Grad-CAM overlay, upscaled by nearest neighbour to at least `min_side` px) per file; returns the paths.
@@ -99,7 +99,7 @@ def overlay_writer(
     used: dict[str, int] = {}
 
     def write(files: list[Path], pixels: np.ndarray) -> list[str]:
-        maps = saliency_maps(detector, pixels, len(pixels))
+        maps = saliency_maps(detector, pixels, len(pixels), threshold)
         scale = -(-min_side // pixels.shape[1])
         paths = []
         for f, img, heat in zip(files, pixels, maps, strict=True):

@@ -41,9 +41,9 @@ def _last_block(detector: Detector) -> torch.nn.Module:
     return blocks[-1]
 
 
-def saliency_maps(detector: Detector, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def saliency_maps(detector: Detector, images: np.ndarray, batch_size: int = 64, threshold: float = 0.5) -> np.ndarray:
     """Grad-CAM heatmaps for an N×S×S×3 uint8 array: float32 N×S×S, each >= 0 with maximum 1 (all 0 when
-    nothing supports the decision). fp32 on any device; the model's weights are not changed."""
+    nothing supports the decision, fake iff P(fake) >= threshold). fp32 on any device; weights unchanged."""
     detector.eval()
     block = _last_block(detector)
     batch_first = getattr(detector.clip.visual.transformer, "batch_first", True)
@@ -59,7 +59,8 @@ def saliency_maps(detector: Detector, images: np.ndarray, batch_size: int = 64) 
                 logits = detector.logits(detector.clip.encode_image(x, normalize=True)).float()
                 log_p = logits.log_softmax(dim=1)
                 fake_vs_real = torch.logsumexp(log_p[:, 1:], dim=1) - log_p[:, 0]
-                score = torch.where(fake_vs_real >= 0, fake_vs_real, -fake_vs_real)
+                called_fake = fake_vs_real >= float(np.log(threshold / (1 - threshold)))
+                score = torch.where(called_fake, fake_vs_real, -fake_vs_real)
                 acts = captured[0]
                 (grads,) = torch.autograd.grad(score.sum(), acts)
             if not batch_first:  # older open_clip: tokens × batch × width
@@ -178,8 +179,8 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
         picks = pick_examples(predictions, threshold, count)
         chosen = sorted({i for p in picks.values() for idx in p.values() for i in idx})
         rows = predictions.iloc[chosen]
-        maps = dict(zip(chosen, saliency_maps(detector, images[rows["index"].to_numpy()], batch_size), strict=True)) \
-            if chosen else {}
+        maps = dict(zip(chosen, saliency_maps(detector, images[rows["index"].to_numpy()], batch_size, threshold),
+                        strict=True)) if chosen else {}
         sub.suptitle(f"{title}: most confident correct | most confident mistakes", fontsize=10)
         axes = sub.subplots(len(names), cols, squeeze=False,
                             gridspec_kw={"wspace": 0.05, "hspace": 0.25, "left": 0.04, "right": 0.99, "top": 0.86,
@@ -209,7 +210,7 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
 
 
 def summarise(models: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarray, table: pd.DataFrame,
-              cfg: ExplainParams, seed: int) -> dict[str, Any]:
+              cfg: ExplainParams, seed: int, threshold: float = 0.5) -> dict[str, Any]:
     """`metrics/saliency.json`: the mean border share per model and class over a seeded subset of the test split."""
     n = len(images) if cfg.max_images is None else min(cfg.max_images, len(images))
     rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
@@ -221,7 +222,7 @@ def summarise(models: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarr
         "n": int(n), "border_share": {},
     }
     for title, (detector, _) in models.items():
-        maps = saliency_maps(detector, images[rows], cfg.batch_size)
+        maps = saliency_maps(detector, images[rows], cfg.batch_size, threshold)
         result["border_share"][title.replace("-", "")] = border_summary(maps, names, cfg.border_fraction)
     return result
 
