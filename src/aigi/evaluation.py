@@ -13,7 +13,7 @@ from aigi.data.store import load_split
 from aigi.inference import predict_proba
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_CIFAKE
+from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_IMAGES
 from aigi.plots import write_robustness_plots, write_score_plots
 from aigi.robustness import evaluate_robustness, summary_table
 
@@ -37,7 +37,7 @@ def score_robustness(detector: Detector, params: Params, clean: dict[str, Any]) 
     `metrics/robustness.json` and `plots/robustness/` (CSV for DVC, PNG for the report)."""
     _, table = load_split(PROCESSED, "test")
     results = evaluate_robustness(
-        detector, RAW_CIFAKE, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
+        detector, RAW_IMAGES, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
         params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
     )
     write_json(METRICS / "robustness.json", results)

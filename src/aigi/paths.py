@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 RAW = Path("data/raw")
-RAW_CIFAKE = RAW / "cifake"
+RAW_IMAGES = RAW / "images"  # every source normalised to {train,test}/<CLASS>/
 SOURCE_JSON = RAW / "SOURCE.json"
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("models/finetuned")
