@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo test lint bench ui clean-demo
+.PHONY: venv repro demo compare test lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,10 @@ repro: venv
 
 demo: venv
 	aigi demo
+
+# The demo, then linear_probe, full and contrastive as queued DVC experiments (offline, a few minutes on CPU).
+compare: venv
+	aigi compare
 
 test: venv
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q

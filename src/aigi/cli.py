@@ -1,4 +1,4 @@
-"""The `aigi` command: `aigi demo`, `aigi predict PATH...`."""
+"""The `aigi` command: `aigi demo`, `aigi compare`, `aigi predict PATH...`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     root = project_root()
     return demo.run(root, (root / args.dir).resolve())
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from aigi import compare
+
+    root = project_root()
+    return compare.main(root, (root / args.dir).resolve())
 
 
 def _project_params():
@@ -94,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data in a copy of the project")
     d.add_argument("--dir", default="demo", help="where the copy goes (default: demo/)")
     d.set_defaults(func=_demo)
+    c = sub.add_parser("compare", help="the demo, then linear_probe, full and contrastive as queued DVC "
+                       "experiments, side by side with zero-shot")
+    c.add_argument("--dir", default="demo", help="the demo copy to run them in (default: demo/)")
+    c.set_defaults(func=_compare)
     p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="a saved model folder, or an MLflow model URI such as models:/NAME@ALIAS or "
