@@ -119,7 +119,7 @@ def test_killed_after_first_checkpoint_resumes_to_the_same_result(tmp_path, proc
 
     run_id = (root / "models" / "finetuned" / "run_id").read_text().strip()
     assert run_id == state["run_id"]  # the resumed run logged into the run the crashed one opened
-    assert metric_steps(tracking, run_id, "val_accuracy") == list(range(1, EPOCHS + 1))
+    assert metric_steps(tracking, run_id, "accuracy/val") == list(range(1, EPOCHS + 1))
 
 
 def test_torchrun_two_gloo_processes_train_and_save_once(tmp_path, processed, tracking):

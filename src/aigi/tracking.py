@@ -202,8 +202,8 @@ def model_run(params: Params, model_dir: Path) -> Iterator[Any]:
     try:
         mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise AigiError(f"MLflow run {run_id} (from {path}) is not in the store {uri}; point "
-                        f"mlflow.tracking_uri at the store that holds it, or train anew: dvc repro -f finetune") from None
+        raise AigiError(f"MLflow run {run_id} (from {path}) is not in the store {uri}; point mlflow.tracking_uri "
+                        "at the store that holds it, or train anew: dvc repro -f finetune") from None
     with mlflow.start_run(run_id=run_id) as run:
         # MLflow params are write-once: params changed since training (evaluate.*, report.*) are
         # recorded as tags, so the run says what its latest metrics were computed with.
