@@ -38,8 +38,9 @@ bench: venv
 	python bench/finetune.py
 	python bench/predict.py
 
+# Prints each experiment's runs-table URL (headline columns), then serves the project's store.
 ui: venv
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+	aigi ui
 
 clean-demo:
 	rm -rf demo

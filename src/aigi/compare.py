@@ -8,6 +8,7 @@ and prints `dvc exp show` with the headline columns. Each experiment's MLflow ru
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ from aigi import demo
 from aigi.errors import AigiError
 
 METHODS = ("linear_probe", "full", "contrastive")
-# The README's `dvc exp show`: params and headline metrics that differ, no dependency hashes, no timestamps.
-SHOW = ["exp", "show", "--no-pager", "--only-changed", "--drop", "Created|.*:.*|.*/.*",
-        "--keep", "finetune.method"]
+# The README's `dvc exp show`: zero-shot vs fine-tuned accuracy and ROC-AUC always, the other headline
+# metrics of metrics/summary.json and the params where they differ; no other metrics, deps or timestamps.
+SHOW = ["exp", "show", "--no-pager", "--only-changed", "--keep", "(acc|auc)_(zs|ft)$", "--drop",
+        r"(?!Experiment|(acc|auc|f1|ece)_|seed$|(data|preprocess|model|zeroshot|finetune|evaluate|report|mlflow)\.)"]
 
 
 def experiment_name(method: str) -> str:
@@ -27,13 +29,18 @@ def experiment_name(method: str) -> str:
 
 
 def dvc(project: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=demo.stage_env(),
+    # COLUMNS: a captured table is laid out at its natural width, not cut to 80 columns.
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env={**demo.stage_env(), "COLUMNS": "200"},
                           capture_output=capture, text=True)
 
 
 def run(project: Path, methods: Sequence[str] = METHODS, overrides: Sequence[str] = ()) -> str:
     """Queue and run one experiment per method in `project` (a prepared demo copy with its baseline run);
     `overrides` are extra `-S key=value` for all of them. Returns the `dvc exp show` table."""
+    # The baseline's results committed, as a user would: experiments then show against it, not against "!".
+    subprocess.run([*demo.GIT, "add", "-A"], cwd=project, check=True)
+    if subprocess.run([*demo.GIT, "diff", "--cached", "--quiet"], cwd=project).returncode:
+        subprocess.run([*demo.GIT, "commit", "-q", "-m", "baseline for aigi compare"], cwd=project, check=True)
     listed = dvc(project, "exp", "list", "--name-only", capture=True).stdout.split()
     stale = [experiment_name(m) for m in methods if experiment_name(m) in listed]
     if stale:  # a previous comparison: replace it (its MLflow runs stay in the store)
@@ -57,6 +64,6 @@ def main(root: Path, dest: Path) -> int:
     if code:
         return code
     print(run(dest))
-    print(f"compare: the same table any time: cd {dest.name} && dvc {' '.join(SHOW)}\n"
+    print(f"compare: the same table any time: cd {dest} && dvc {shlex.join(SHOW)}\n"
           "compare: in MLflow, `make ui`, experiment aigi-demo: select the cmp-* runs and click Compare")
     return 0

@@ -34,6 +34,10 @@ RUN_ID_FILE = "run_id"  # inside models/finetuned/: the MLflow run the later sta
 # MLflow 3's UI opens an experiment by its kind: without this tag it guesses "GenAI" and lands on traces.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
+# A runs-table view stored in the experiment (MLflow's "shared view"): the headline numbers of
+# metrics/summary.json as the first columns, since MLflow 3 shows no metric columns by default.
+HEADLINE_VIEW = "aigi-headline"
+HEADLINE_METRICS = ("acc_zs", "acc_ft", "auc_zs", "auc_ft", "f1_zs", "f1_ft", "ece_zs", "ece_ft", "acc_attr_ft")
 
 
 def tracking_uri(params: Params) -> str:
@@ -42,7 +46,7 @@ def tracking_uri(params: Params) -> str:
     )
 
 
-def _artifact_location(uri: str) -> str | None:
+def artifact_location(uri: str) -> str | None:
     """For a local SQLite store, artifacts go next to the database; servers choose their own."""
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
@@ -62,14 +66,26 @@ def experiment_id(params: Params) -> str:
     try:
         exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
         if exp is None:
-            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=_artifact_location(uri),
-                                            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
-        if EXPERIMENT_KIND_TAG not in exp.tags:  # created before the tag existed
-            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_location(uri),
+                                            tags=experiment_tags())
+        missing = {k: v for k, v in experiment_tags().items() if exp.tags.get(k) != v}  # created by an older aigi
+        for key, value in missing.items():
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     except mlflow.exceptions.MlflowException as e:
         raise AigiError(f"MLflow tracking at {uri} failed ({one_line(e)}); "
                         f"check mlflow.tracking_uri / MLFLOW_TRACKING_URI") from None
+
+
+def experiment_tags() -> dict[str, str]:
+    columns = ["attributes.`Dataset`", "params.`finetune.method`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS)]
+    view = {"selectedColumns": columns, "columnWidths": {"attributes.`Dataset`": 160}}
+    return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps(view)}
+
+
+def runs_page(base_url: str, experiment: str) -> str:
+    """The experiment's runs table with the headline view (the UI otherwise opens in its GenAI mode)."""
+    return f"{base_url}/#/experiments/{experiment}/runs?workflowType=machine_learning&viewStateShareKey={HEADLINE_VIEW}"
 
 
 def git_commit(root: Path) -> str:
