@@ -45,6 +45,15 @@ def test_experiment_is_created_as_model_training_and_old_ones_get_the_tag(store)
     assert mlflow.MlflowClient(store).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_experiment_stores_the_headline_runs_view(store):
+    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(_params(store)))
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{tracking.HEADLINE_VIEW}"])
+    headline = summary(*[{"accuracy": 1, "roc_auc": 1, "f1": 1, "ece": 0, "attribution": {"accuracy": 1}}] * 2)
+    assert {f"metrics.`{k}`" for k in headline if k != "acc_attr_zs"} <= set(view["selectedColumns"])
+    assert tracking.runs_page("http://h:1", "7") == ("http://h:1/#/experiments/7/runs?workflowType=machine_learning"
+                                                     "&viewStateShareKey=aigi-headline")
+
+
 def test_run_names_tell_runs_apart(store, monkeypatch):
     a, b = tracking.run_name(_params(store)), tracking.run_name(_params(store, lr=0.003))
     assert a.startswith("linear_probe-aigi-tiny-") and b.startswith("linear_probe-aigi-tiny-") and a != b

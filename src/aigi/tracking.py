@@ -158,6 +158,8 @@ def log_datasets(params: Params, processed: Path, version: str) -> dict[str, dic
     counts: dict[str, dict[str, int]] = {}
     for split, context in (("train", "training"), ("test", "testing")):
         path = processed / f"{split}.csv"
+        if not path.is_file():  # finetune has read train already; a run opened elsewhere may have no data
+            continue
         counts[split] = class_counts(pd.read_csv(path))
         dataset = SplitDataset(LocalArtifactDatasetSource(str(path.resolve())),
                                f"{data_label(params)} {split}", digest, counts[split])
