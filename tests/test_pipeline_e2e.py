@@ -232,6 +232,6 @@ def test_mlflow_ui_and_report_in_a_real_browser(project, tmp_path):
         assert "acc_zs" in dom and "acc_ft" in dom and "auc_ft" in dom
     mlflow.set_tracking_uri(None)
     count, broken, dom = browser.images_loaded(root / "reports" / "report.html", tmp_path)
-    assert count >= 5 and broken == 0, (count, broken)
+    assert count >= 4 and broken == 0, (count, broken)  # the four figures, plus any mistakes shown
     assert "Zero-shot vs fine-tuned" in dom
     (shots / "report.png").write_bytes((tmp_path / "report.png").read_bytes())
