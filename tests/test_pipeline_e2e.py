@@ -110,7 +110,7 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     assert run.info.run_name.startswith("contrastive-aigi-tiny-")
     assert run.data.tags["mlflow.note.content"].startswith("synthetic data (1,080 train / 400 test images")
     assert {(i.tags[0].value, i.dataset.digest) for i in run.inputs.dataset_inputs} == {
-        ("training", run.data.tags["dvc_data_version"][4:]), ("testing", run.data.tags["dvc_data_version"][4:])}
+        ("training", run.data.tags["dvc_data_version"][4:36]), ("testing", run.data.tags["dvc_data_version"][4:36])}
     assert len(run.data.tags["git_commit"]) == 40
     assert run.data.tags["dvc_data_version"].startswith("md5:")
     import mlflow
