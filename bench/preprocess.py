@@ -165,7 +165,7 @@ def main() -> None:
             with zipfile.ZipFile(SAMPLE) as zf:
                 zf.extractall(pool)  # our own trusted sample
         for n in args.n:
-            raw = tmp / f"raw-{n}" / "cifake"
+            raw = tmp / f"raw-{n}" / "images"
             kind = build_raw(n, raw, pool)
             n_real = 4 * (n // 4)
             rows = {}

@@ -16,19 +16,21 @@ from aigi.evaluation import (
     write_json,
 )
 from aigi.model import load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS
+from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_IMAGES, RUN_JSON
 
 
 @exits_cleanly
 def main() -> None:
     p = params.load()
     detector, _ = load_detector(MODEL_DIR, device.resolve(p.model.device))
-    result = score_test_split(detector, p, "eval", p.evaluate.batch_size)
-    robust = score_robustness(detector, p, result)
+    result = score_test_split(detector, p, "eval", p.evaluate.batch_size, PROCESSED, METRICS / "eval.json",
+                              PLOTS / "eval")
+    robust = score_robustness(detector, p, result, PROCESSED, RAW_IMAGES, METRICS / "robustness.json",
+                              PLOTS / "robustness")
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
     headline = summary(zeroshot, result)
     write_json(METRICS / "summary.json", headline)
-    with tracking.model_run(p, MODEL_DIR):
+    with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics({**headline, **mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
                             **mlflow_robustness_metrics(robust)})
         for name in ("eval", "zeroshot", "robustness"):
@@ -40,7 +42,8 @@ def main() -> None:
     print(f"evaluate: accuracy={result['accuracy']:.4f} (zero-shot {zeroshot['accuracy']:.4f}), "
           f"roc_auc={result['roc_auc']:.4f}" + (f"; hardest perturbation {worst[0]}: "
                                                 f"accuracy={worst[1]['accuracy']:.4f}" if worst else ""))
-    print(f"evaluate: registered models:/{version.name}@{p.mlflow.model_alias} (version {version.version})")
+    print(f"evaluate: these weights are models:/{version.name}/{version.version} "
+          f"(a new version only for new weights; alias {p.mlflow.model_alias})")
 
 
 if __name__ == "__main__":

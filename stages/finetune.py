@@ -7,6 +7,7 @@ Multi-GPU: `torchrun --nproc_per_node=N stages/finetune.py`; rank 0 alone logs, 
 import contextlib
 import hashlib
 import json
+from pathlib import Path
 
 import mlflow
 
@@ -14,18 +15,19 @@ from aigi import device, distributed, params, tracking
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
-from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED
+from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED, RUN_JSON
 from aigi.plots import write_training_curves
-from aigi.train import load_checkpoint, train
+from aigi.train import code_fingerprint, load_checkpoint, train
 
 CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
 
 
 def fingerprint(p: params.Params, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: the params this stage reads, the data, the process count."""
-    keys = {"seed": p.seed, "model": p.model.model_dump(), "prompts": p.zeroshot.prompts,
-            "finetune": p.finetune.model_dump(), "data": (PROCESSED / "manifest.json").read_text(),
-            "world_size": world_size}
+    """What a checkpoint must match to be resumed: the params this stage reads, the data, the code and
+    library versions, the process count."""
+    keys = {"code": code_fingerprint(Path(__file__)), "seed": p.seed, "model": p.model.model_dump(),
+            "prompts": p.zeroshot.prompts, "finetune": p.finetune.model_dump(),
+            "data": (PROCESSED / "manifest.json").read_text(), "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -47,6 +49,10 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
     fp = fingerprint(p, world.size)
     resume = load_checkpoint(CHECKPOINT, fp)
     run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
+    if run_id and not tracking.run_usable(p, run_id):
+        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in {tracking.tracking_uri(p)}; "
+              f"training starts afresh")
+        resume, run_id = None, None
 
     with tracking.start_training_run(p, run_id) if world.is_main else contextlib.nullcontext() as mlrun:
         def log_epoch(row: dict) -> None:
@@ -63,9 +69,8 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
             save_detector(detector, out, {
                 "arch": p.model.arch, "pretrained": p.model.pretrained, "method": p.finetune.method,
                 "prompts": p.zeroshot.prompts, "best_epoch": result.best_epoch, "wise_alpha": p.finetune.wise_alpha,
-                "mlflow_run_id": mlrun.info.run_id,
             })
-            (out / tracking.RUN_ID_FILE).write_text(mlrun.info.run_id + "\n")
+        tracking.write_run_file(RUN_JSON, mlrun.info.run_id)  # beside the model: same weights, same DVC hash
         write_training_curves(PLOTS / "train", result.history)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
                             **{f"final_{k}": v for k, v in result.final_val.items()}})

@@ -8,7 +8,7 @@ import pandas as pd
 from aigi import params, report, tracking
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
-from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, REPORTS, SOURCE_JSON
+from aigi.paths import METRICS, PLOTS, PROCESSED, REPORTS, RUN_JSON, SOURCE_JSON
 
 
 def _json(path):
@@ -19,7 +19,7 @@ def _json(path):
 def main() -> None:
     p = params.load()
     test_images, _ = load_split(PROCESSED, "test")
-    run_id = (MODEL_DIR / tracking.RUN_ID_FILE).read_text().strip()
+    run_id = tracking.read_run_id(RUN_JSON)
     with atomic_dir(REPORTS) as out:
         report.build(
             out, p,
@@ -37,7 +37,7 @@ def main() -> None:
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
         )
-    with tracking.model_run(p, MODEL_DIR):
+    with tracking.model_run(p, RUN_JSON):
         mlflow.log_artifacts(str(REPORTS), "report")
     print(f"report: {REPORTS / 'report.html'}")
 

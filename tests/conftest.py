@@ -9,6 +9,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAKE_SAMPLE = ROOT.parent / "shared" / "data" / "cifake-sample" / "cifake-sample.zip"
+MULTIGEN_SAMPLE = ROOT.parent / "shared" / "data" / "multigen-sample" / "multigen-sample.zip"
 
 
 @pytest.fixture

@@ -30,10 +30,12 @@ def test_download_imports_every_image_with_its_original_name(raw):
     dest, info = raw
     assert info["counts"] == {"train/REAL": 5000, "train/FAKE": 5000, "test/REAL": 5000, "test/FAKE": 5000}
     assert info["archive_sha256"] == SAMPLE_SHA256 and info["ignored_non_image_files"] == 0
+    assert info["classes"] == ["REAL", "FAKE"] and info["layout"] == "folder"
+    assert info["display_names"] == {"REAL": "REAL", "FAKE": "Stable Diffusion 1.4"}
     assert json.loads((dest / "SOURCE.json").read_text()) == info
     sums = (dest / "SHA256SUMS").read_text().splitlines()
     assert len(sums) == 20000
-    names = [line.split("  ", 1)[1].removeprefix("cifake/") for line in sums]
+    names = [line.split("  ", 1)[1].removeprefix("images/") for line in sums]
     assert all(CIFAKE_NAME.match(n) for n in names), [n for n in names if not CIFAKE_NAME.match(n)][:5]
     assert sum(n.endswith(" (10).jpg") for n in names) == 2000  # 500 per split and class for each suffix
 
@@ -41,7 +43,7 @@ def test_download_imports_every_image_with_its_original_name(raw):
 def test_preprocess_subsample_counts_and_no_duplicates(raw, tmp_path):
     dest, _ = raw
     params = PreprocessParams(train_per_class=100, test_per_class=50, val_fraction=0.2)
-    m = preprocess.run(dest / "cifake", tmp_path / "processed", params, seed=0, image_size=32)
+    m = preprocess.run(dest / "images", tmp_path / "processed", params, seed=0, image_size=32)
     assert m["found"] == {"train/REAL": 5000, "train/FAKE": 5000, "test/REAL": 5000, "test/FAKE": 5000}
     dup = m["duplicates"]
     assert dup["within_train_dropped"] == dup["within_test_dropped"] == dup["train_test_shared"] == 0
@@ -49,7 +51,8 @@ def test_preprocess_subsample_counts_and_no_duplicates(raw, tmp_path):
     assert m["splits"]["val"]["per_class"] == {"REAL": 20, "FAKE": 20}
     assert m["splits"]["test"]["per_class"] == {"REAL": 50, "FAKE": 50}
     assert m["skipped"] == [] and m["ignored_non_image_files"] == 0
-    assert all(s["not_32x32"] == 0 for s in m["splits"].values())  # every CIFAKE image is 32x32
+    assert {c: v["top"] for c, v in m["original_sizes"].items()} == {"REAL": {"32x32": 150}, "FAKE": {"32x32": 150}}
+    assert m["display_names"] == {"REAL": "REAL", "FAKE": "Stable Diffusion 1.4"}
     table = (tmp_path / "processed" / "test.csv").read_text().splitlines()
-    assert table[0] == "file,label,label_name,sha256"
-    assert all(CIFAKE_NAME.match(row.rsplit(",", 3)[0].strip('"')) for row in table[1:])
+    assert table[0] == "file,label,label_name,sha256,width,height"
+    assert all(CIFAKE_NAME.match(row.rsplit(",", 5)[0].strip('"')) for row in table[1:])

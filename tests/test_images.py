@@ -34,7 +34,8 @@ def test_to_model_input_crops_centre_square_and_keeps_order():
     small = _rng_image(32, 32)
     out = to_model_input([wide, small, wide], 64)
     assert out.shape == (3, 64, 64, 3) and out.dtype == np.uint8
-    assert out[0].min() == 255 and (out[0] == out[2]).all()
+    # The bicubic kernel reaches past the crop's edge (as CLIP's does): only the border columns darken.
+    assert out[0][:, 3:-3].min() == 255 and (out[0] == out[2]).all()
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -87,3 +88,30 @@ def test_resize_does_not_depend_on_the_batch():
     together = resize_batch(batch, 224).numpy()
     alone = np.stack([resize_batch(img[None], 224)[0].numpy() for img in batch])
     assert (together == alone).all()
+
+
+@pytest.mark.parametrize("h, w, size", [(61, 97, 64), (97, 61, 224), (200, 300, 64), (768, 1024, 224), (32, 32, 224)])
+def test_any_size_matches_open_clip_preprocess(h, w, size):
+    """Shorter side to `size` (antialiased bicubic when shrinking), centre crop: open_clip's own eval transform."""
+    import open_clip
+
+    img = _rng_image(h, w, seed=h + w)
+    ours = to_model_input([img], size)[0].astype(int)
+    tf = open_clip.image_transform(size, is_train=False)
+    # Drop the final Normalize and undo ToTensor's /255 to compare 0..255 levels.
+    pre = tf.transforms[:-1] if type(tf.transforms[-1]).__name__ == "Normalize" else tf.transforms
+    t = Image.fromarray(img)
+    for step in pre:
+        t = step(t)
+    theirs = (t.permute(1, 2, 0).numpy() * 255).round().astype(int)
+    assert ours.shape == theirs.shape == (size, size, 3)
+    diff = np.abs(ours - theirs)
+    assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_wide_photo_is_cropped_not_squashed():
+    wide = np.zeros((60, 120, 3), np.uint8)
+    wide[:, 30:90] = 255  # the centre square is white, the sides black
+    out = to_model_input([wide], 30)[0]
+    # Squashing would make the outer quarters black; the crop leaves white but for the kernel's reach.
+    assert out[:, 2:-2].min() == 255 and out.min() > 200

@@ -82,3 +82,13 @@ def test_real_cifake_names_carry_all_ten_subjects():
     names = [n for n in zipfile.ZipFile(CIFAKE_SAMPLE).namelist() if n.lower().endswith(".jpg")]
     counts = Counter(metrics.content_class(n) for n in names)
     assert None not in counts and set(counts) == set(metrics.CIFAR10_CLASSES)
+
+
+def test_ece_is_of_the_decision_at_the_threshold():
+    y, p = np.array([1, 1]), np.array([0.35, 0.65])
+    # at 0.3 both are decided FAKE (right) with confidence 0.35 and 0.65: ECE = (0.65 + 0.35) / 2
+    assert metrics.evaluate(y, p, 0.3, 0, 0)["ece"] == pytest.approx(0.5)
+    # at 0.5 the first is decided REAL (wrong) with confidence 0.65, in the second's bin: |0.5 - 0.65|
+    assert metrics.evaluate(y, p, 0.5, 0, 0)["ece"] == pytest.approx(0.15)
+    weights = np.ones((1, 2), int)
+    assert metrics.resample_metrics(y, p, 0.3, weights)["ece"][0] == pytest.approx(0.5)

@@ -90,3 +90,31 @@ def test_logits_stay_fp32_under_bf16_autocast(tiny):
     assert got.dtype == live.dtype == torch.float32
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(live, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_importing_the_model_leaves_the_root_logger_alone():
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.getLogger().setLevel(logging.DEBUG); import aigi.model; "
+            "print(logging.getLevelName(logging.getLogger().level))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "DEBUG"
+
+
+def test_only_load_failures_blame_the_weights(monkeypatch, tiny_prompts):
+    import open_clip
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(open_clip, "create_model", oom)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        create_detector(TINY, "none", tiny_prompts, torch.device("cpu"))
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("Pretrained weights (nope) not found for model aigi-tiny")
+
+    monkeypatch.setattr(open_clip, "create_model", missing)
+    with pytest.raises(AigiError, match=r"model.pretrained 'nope'.*could not load weights"):
+        create_detector(TINY, "nope", tiny_prompts, torch.device("cpu"))

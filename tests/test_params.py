@@ -83,3 +83,23 @@ def test_stage_prints_one_line_and_exits_1(tmp_path, monkeypatch, capsys):
     assert code.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: params.yaml: finetune.lr")
+
+
+@pytest.mark.parametrize("section, raw, message", [
+    ("evaluate", {"unseen_generators": ["real"]}, "evaluate.unseen_generators: unseen_generators lists REAL"),
+    ("evaluate", {"unseen_generators": ["a/b"]}, "evaluate.unseen_generators.0: String should match pattern"),
+    ("data", {"synthetic_generators": ["GAN", "gan"]}, "data.synthetic_generators: synthetic_generators lists GAN "
+                                                       "more than once"),
+    ("data", {"layout": "zip"}, "data.layout: Input should be 'auto', 'folder', 'genimage' or 'label_column'"),
+])
+def test_class_params_fail_naming_the_key(section, raw, message):
+    with pytest.raises(AigiError) as e:
+        params.parse({section: raw})
+    assert message in str(e.value)
+
+
+def test_class_params_are_upper_case_like_the_data():
+    p = params.parse({"data": {"display_names": {"sd14": "Stable Diffusion 1.4"}, "synthetic_generators": ["gan"]},
+                      "evaluate": {"unseen_generators": ["Vae"]}})
+    assert p.data.display_names == {"SD14": "Stable Diffusion 1.4"} and p.data.synthetic_generators == ["GAN"]
+    assert p.evaluate.unseen_generators == ["VAE"]

@@ -64,10 +64,9 @@ def test_params_changed_after_training_are_tagged_on_the_run(monkeypatch, tmp_pa
     trained = Params.model_validate({"mlflow": {"experiment": "tags"}})
     with tracking.start_training_run(trained) as run:
         pass
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / tracking.RUN_ID_FILE).write_text(run.info.run_id)
+    tracking.write_run_file(tmp_path / "run.json", run.info.run_id)
     now = Params.model_validate({"mlflow": {"experiment": "tags"}, "evaluate": {"threshold": 0.7}})
-    with tracking.model_run(now, tmp_path / "model"):
+    with tracking.model_run(now, tmp_path / "run.json"):
         pass
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert tags["evaluated_with.evaluate.threshold"] == "0.7"

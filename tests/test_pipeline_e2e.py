@@ -99,7 +99,7 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     runs = _runs(root)
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_id == (root / "models" / "finetuned" / "run_id").read_text().strip()
+    assert run.info.run_id == json.loads((root / "models" / "run.json").read_text())["run_id"]
     p = run.data.params
     assert p["finetune.method"] == "contrastive" and p["model.arch"] == "aigi-tiny" and p["seed"] == "42"
     m = run.data.metrics
@@ -149,6 +149,27 @@ def test_second_repro_does_nothing_and_adds_no_run(project):
     assert len(_runs(root)) == 1
 
 
+def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_version(project):
+    import mlflow
+    import yaml
+
+    root, env, _ = project
+    original = (root / "params.yaml").read_text()
+    p = yaml.safe_load(original)
+    p["mlflow"]["experiment"] = "aigi-demo-renamed"
+    p["evaluate"]["robustness"]["rescale"] = [0.5]
+    (root / "params.yaml").write_text(yaml.safe_dump(p))
+    try:
+        ran, _ = _repro(root, env)
+        assert ran == ["evaluate", "report"]  # no retraining: same weights, same registry version, alias kept
+        client = mlflow.MlflowClient(_store(root))
+        assert [int(v.version) for v in client.search_model_versions("name = 'aigi-demo-detector'")] == [1]
+        assert int(client.get_model_version_by_alias("aigi-demo-detector", "newest").version) == 1
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert "finetune" not in _repro(root, env)[0]  # back to the baseline (DVC's run cache may restore it)
+
+
 def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     root, env, _ = project
     res = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.epochs=2"], cwd=root,
@@ -175,13 +196,15 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     assert int(newest.version) == 2 and newest.run_id == max(runs, key=lambda r: r.info.start_time).info.run_id
 
 
-
 def test_param_edit_in_the_copy_reruns_into_the_same_store(project, tmp_path):
     """Issue 9.6: `dvc repro` in the demo copy after editing its params, with no MLFLOW_TRACKING_URI."""
+    import yaml
+
     root, env, _ = project
-    params = (root / "params.yaml").read_text()
-    (root / "params.yaml").write_text(params.replace("bootstrap_samples: 200\n  batch_size", "bootstrap_samples: "
-                                                     "100\n  batch_size"))
+    assert "MLFLOW_TRACKING_URI" not in env
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["evaluate"]["bootstrap_samples"] = 100
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     ran, _ = _repro(root, env)
     assert "evaluate" in ran and "report" in ran and "finetune" not in ran
     # A store without the recorded run: one line naming the store and the run, no traceback.

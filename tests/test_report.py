@@ -60,3 +60,12 @@ def test_mistakes_follow_the_threshold_and_confidence(tmp_path):
     assert report.mistakes_grid(predictions, images, 10, 0.3, tmp_path / "b.png") == 3  # 0.95, 0.35, 0.1
     assert report.mistakes_grid(predictions, images, 10, 0.05, tmp_path / "c.png") == 2  # 0.95, 0.35
     assert report.mistakes_grid(predictions.iloc[[0, 1]], images, 10, 0.99, tmp_path / "d.png") == 0
+
+
+def test_html_lists_tables_and_code_are_well_formed(tmp_path):
+    from aigi.report import to_html
+
+    out = to_html("# T\n\n- one `x<y`\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```yaml\nk: <v>\n```\n", tmp_path)
+    assert "<ul>\n<li>one <code>x&lt;y</code></li>\n<li>two</li>\n</ul>" in out
+    assert out.count("<li>") == out.count("</li>") == 2 and out.index("<ul>") < out.index("<li>")
+    assert "<table>" in out and "<td>1</td>" in out and "k: &lt;v&gt;" in out

@@ -73,9 +73,10 @@ def test_registered_with_alias_signature_and_no_pickles(registered, tiny_model_d
     assert "aigi.serving_model" in mlmodel or "serving_model.py" in mlmodel
 
 
-def test_pyfunc_predicts_png_and_jpeg_paths_bytes_and_base64(registered, tiny_model_dir, images):
+def test_pyfunc_predicts_png_and_jpeg_paths_bytes_and_base64(registered, tiny_model_dir, images, monkeypatch):
     import mlflow
 
+    monkeypatch.setenv(serving.ALLOWED_ROOT_ENV, str(images[0].parent))  # paths only with the opt-in
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
     expected = _expected(tiny_model_dir, images)
     out = model.predict(pd.DataFrame({"image": [str(f) for f in images]}))
@@ -97,8 +98,62 @@ def test_pyfunc_names_the_bad_rows(registered):
     bad = base64.b64encode(b"not an image").decode()
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 1: not a recognised image format"):
         model.predict(pd.DataFrame({"image": [serving.example_png(), bad]}))
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 0: neither an existing file path nor base64"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 0: not base64-encoded image bytes"):
         model.predict(pd.DataFrame({"image": ["/no/such/file.png"]}))
+
+
+def _spy_on_files(monkeypatch) -> list[tuple[str, str]]:
+    """(call, path) for every open and stat from now on (Python's open, os.open, os.stat, os.lstat)."""
+    import builtins
+    import io
+
+    touched: list[tuple[str, str]] = []
+
+    def spy(name, real):
+        def wrapper(path, *args, **kwargs):
+            touched.append((name, os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else repr(path)))
+            return real(path, *args, **kwargs)
+        return wrapper
+
+    for owner, name in ((builtins, "open"), (io, "open"), (os, "open"), (os, "stat"), (os, "lstat")):
+        monkeypatch.setattr(owner, name, spy(name, getattr(owner, name)))
+    return touched
+
+
+def test_pyfunc_reads_no_server_file_by_default(registered, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv(serving.ALLOWED_ROOT_ENV, raising=False)
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
+    answers = []
+    touched = _spy_on_files(monkeypatch)
+    for path in ("/etc/hostname", "/no/such/file"):
+        with pytest.raises(mlflow.exceptions.MlflowException) as err:
+            model.predict(pd.DataFrame({"image": [path]}))
+        answers.append(str(err.value).replace(path, "PATH"))
+    assert not [t for t in touched if "hostname" in t[1] or "no/such" in t[1]]  # nothing read, nothing stat'ed
+    assert answers[0] == answers[1]  # an existing file and a missing one get the same refusal
+
+
+def test_pyfunc_reads_paths_only_under_the_allowed_root(registered, images, tmp_path, monkeypatch):
+    import mlflow
+
+    root = images[0].parent
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(images[0].read_bytes())
+    (root / "link.png").unlink(missing_ok=True)
+    (root / "link.png").symlink_to(outside)
+    monkeypatch.setenv(serving.ALLOWED_ROOT_ENV, str(root))
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
+    assert len(model.predict(pd.DataFrame({"image": [str(images[0]), images[1].name]}))) == 2
+    touched = _spy_on_files(monkeypatch)
+    refusals = []
+    for path in (str(outside), f"{root}/../{outside.parent.name}/secret.png", "link.png", str(root / "missing.png")):
+        with pytest.raises(mlflow.exceptions.MlflowException) as err:
+            model.predict(pd.DataFrame({"image": [path]}))
+        refusals.append(str(err.value).replace(path, "PATH"))
+    assert len(set(refusals)) == 1, refusals
+    assert not [t for t in touched if t[0] == "open" and t[1].endswith("secret.png")]  # resolved, never opened
 
 
 def _free_port() -> int:
@@ -185,3 +240,25 @@ def test_reserved_or_invalid_alias_is_refused(alias):
 
     with pytest.raises(AigiError, match=r"mlflow\.model_alias"):
         params.parse({"mlflow": {"model_alias": alias}})
+
+
+def test_one_registry_version_per_set_of_weights(registered, tiny_model_dir, tmp_path):
+    import shutil
+
+    import mlflow
+
+    uri, _ = registered
+    p = params.parse({"mlflow": {"registered_model": "once", "model_alias": "newest"}})
+    client = mlflow.MlflowClient(uri)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "detector.json").write_text((other / "detector.json").read_text().replace("{", '{"retrained": 1, ', 1))
+    exp = mlflow.create_experiment("once", artifact_location=(tmp_path / "artifacts").as_uri())
+    versions = []
+    for folder in (tiny_model_dir, tiny_model_dir, other, tiny_model_dir):  # e.g. evaluate re-run, then retrained
+        with mlflow.start_run(experiment_id=exp):
+            versions.append(int(serving.log_and_register(folder, p).version))
+    assert versions == [1, 1, 2, 1]
+    assert len(client.search_model_versions("name = 'once'")) == 2
+    assert int(client.get_model_version_by_alias("once", "newest").version) == 2  # a reused version moves no alias
+    assert client.get_model_version("once", "1").tags[serving.WEIGHTS_TAG] == serving.weights_sha256(tiny_model_dir)

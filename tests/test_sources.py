@@ -1,6 +1,7 @@
 import io
 import json
 import re
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_local_folder_case_insensitive_and_non_images_ignored(tmp_path):
     dest, info = _download(tmp_path, source="local", path=str(tree.parent))
     assert info["counts"]["train/REAL"] == 3 and info["counts"]["test/FAKE"] == 2
     assert info["ignored_non_image_files"] == 1
-    assert (dest / "cifake" / "train" / "REAL").is_dir()
+    assert (dest / "images" / "train" / "REAL").is_dir()
 
 
 def test_local_zip_and_tar(tmp_path):
@@ -94,7 +95,7 @@ def test_local_zip_and_tar(tmp_path):
 
 def test_wrong_layout_lists_what_was_found(tmp_path):
     (tmp_path / "src" / "images" / "cats").mkdir(parents=True)
-    with pytest.raises(AigiError, match=r"no CIFAKE layout found .* found: images/, images/cats/"):
+    with pytest.raises(AigiError, match=r"no dataset layout found .* found: images/, images/cats/"):
         _download(tmp_path, source="local", path=str(tmp_path / "src"))
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
 
@@ -338,3 +339,179 @@ def test_source_json_is_the_same_for_the_same_data_anywhere(tmp_path):
     b, _ = _download(tmp_path / "b", source="local", path=str(tmp_path / "there" / "cifake.zip"))
     # identical bytes: DVC sees the same data/raw and re-runs nothing downstream
     assert (a / "SOURCE.json").read_bytes() == (b / "SOURCE.json").read_bytes()
+
+
+# ---------------------------------------------------------------- N classes and layouts
+
+
+def _classes_on_disk(raw: Path) -> dict[str, list[str]]:
+    return {split: sorted(c.name for c in (raw / "images" / split).iterdir()) for split in ("train", "test")}
+
+
+def test_folder_layout_with_generators_and_a_named_real_class(tmp_path):
+    from conftest import write_images
+
+    src = tmp_path / "src" / "mydata"
+    for split, n in (("train", 3), ("test", 2)):
+        write_images(src / split / "photos", n, seed=0 if split == "train" else 1)
+        write_images(src / split / "midjourney", n, fmt="jpg", seed=2)
+        write_images(src / split / "SD14", n, seed=3)
+    dest, info = _download(tmp_path, source="local", path=str(src.parent), real_class="Photos",
+                           display_names={"sd14": "Stable Diffusion 1.4"})
+    assert info["classes"] == ["REAL", "MIDJOURNEY", "SD14"] and info["layout"] == "folder"
+    assert info["display_names"] == {"REAL": "REAL", "MIDJOURNEY": "MIDJOURNEY", "SD14": "Stable Diffusion 1.4"}
+    assert info["counts"]["test/MIDJOURNEY"] == 2
+    assert sorted(p.name for p in (dest / "images" / "train" / "MIDJOURNEY").iterdir()) == [
+        "0000.jpg", "0001.jpg", "0002.jpg"]  # original names kept
+    assert json.loads((dest / "SOURCE.json").read_text())["classes"] == info["classes"]
+    assert any(line.endswith("  images/test/SD14/0001.png") for line in (dest / "SHA256SUMS").read_text().splitlines())
+
+
+def test_genimage_layout_pools_nature_as_real_and_val_is_test(tmp_path):
+    from conftest import write_images
+
+    root = tmp_path / "GenImage"
+    for k, gen in enumerate(("ADM", "BigGAN", "stable_diffusion_v_1_4")):
+        sub = root / gen / f"imagenet_{gen.lower()}"  # GenImage nests one more folder per generator
+        write_images(sub / "train" / "ai", 3, seed=10 * k)
+        write_images(sub / "train" / "nature", 2, seed=10 * k + 1)  # same names across generators: both kept
+        write_images(sub / "val" / "ai", 2, seed=10 * k + 2)
+        write_images(sub / "val" / "nature", 1, seed=10 * k + 3)
+    zpath = _cifake_zip(tmp_path, tmp_path.parent / "genimage.zip")
+    dest, info = _download(tmp_path / "out", source="local", path=str(zpath))
+    assert info["layout"] == "genimage"
+    assert info["classes"] == ["REAL", "ADM", "BIGGAN", "STABLE_DIFFUSION_V_1_4"]
+    assert info["counts"] == {"train/REAL": 6, "train/ADM": 3, "train/BIGGAN": 3, "train/STABLE_DIFFUSION_V_1_4": 3,
+                              "test/REAL": 3, "test/ADM": 2, "test/BIGGAN": 2, "test/STABLE_DIFFUSION_V_1_4": 2}
+    names = sorted(p.name for p in (dest / "images" / "train" / "REAL").iterdir())
+    assert names[:2] == ["0000.png", "0001.png"] and "BIGGAN__0000.png" in names
+
+
+def test_parquet_with_a_named_label_column_and_real_values(tmp_path):
+    import pandas as pd
+    from conftest import write_images
+
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    for split in ("train", "validation"):
+        rows = []
+        for gen in ("real", "Flux.1 dev", "sdxl"):
+            for f in write_images(tmp_path / "img" / split / gen, 2, seed=hash(split + gen) % 1000):
+                rows.append({"image": {"bytes": f.read_bytes(), "path": f"{gen}-{f.name}"}, "generator": gen,
+                             "label": 0})
+        pd.DataFrame(rows).to_parquet(hub / "data" / f"{split}-00000-of-00001.parquet")
+    dest, info = _download(tmp_path / "a", source="local", path=str(hub), label_column="generator")
+    assert info["layout"] == "label_column" and info["classes"] == ["REAL", "FLUX.1_DEV", "SDXL"]
+    assert info["counts"]["test/SDXL"] == 2  # `validation` is the test split when there is no test shard
+    assert (dest / "images" / "train" / "FLUX.1_DEV" / "Flux.1 dev-0000.png").is_file()
+    with pytest.raises(AigiError, match=r"no label column 'model' \(columns found: image, generator, label\); "
+                                        r"set data.label_column"):
+        _download(tmp_path / "b", source="local", path=str(hub), label_column="model")
+    with pytest.raises(AigiError, match=r"no REAL class \(classes found: FLUX.1_DEV, REAL_PHOTO, SDXL\)"):
+        hub2 = tmp_path / "hub2"
+        shutil.copytree(hub, hub2)
+        for shard in hub2.rglob("*.parquet"):
+            df = pd.read_parquet(shard)
+            df["generator"] = df["generator"].replace("real", "real photo")
+            df.to_parquet(shard)
+        _download(tmp_path / "c", source="local", path=str(hub2), label_column="generator")
+
+
+def test_layout_errors_are_one_line(tmp_path):
+    from conftest import write_images
+
+    src = tmp_path / "src"
+    write_images(src / "train" / "REAL", 2)
+    write_images(src / "train" / "GAN", 2)
+    write_images(src / "test" / "REAL", 2, seed=1)
+    with pytest.raises(AigiError, match=r"no test images for class GAN; check the source's layout"):
+        _download(tmp_path / "a", source="local", path=str(src))
+    write_images(src / "test" / "GAN", 2, seed=2)
+    (src / "train" / "VAE").mkdir()
+    (src / "test" / "VAE").mkdir()
+    (src / "test" / "VAE" / "notes.txt").write_text("x")
+    with pytest.raises(AigiError, match=r"no test images for class VAE"):
+        _download(tmp_path / "b", source="local", path=str(src))
+    write_images(src / "test" / "VAE", 1, seed=3)
+    with pytest.raises(AigiError, match=r"generator folder train/VAE is empty; fill or remove it"):
+        _download(tmp_path / "c", source="local", path=str(src))
+    shutil.rmtree(src / "train" / "VAE")
+    shutil.rmtree(src / "test" / "VAE")
+    with pytest.raises(AigiError, match=r"class 'REAL' is named like the real class but the real images are nature"):
+        _download(tmp_path / "d", source="local", path=str(src), real_class="nature")
+    for split in ("train", "test"):
+        (src / split / "REAL").rename(src / split / "photos")
+    with pytest.raises(AigiError, match=r"no REAL class \(classes found: GAN, PHOTOS\); set data.real_class"):
+        _download(tmp_path / "e", source="local", path=str(src))
+    assert not (tmp_path / "e" / "data" / "raw").exists()
+
+
+def test_synthetic_generators_have_distinct_learnable_fingerprints(tmp_path):
+    import numpy as np
+
+    from aigi.data.images import load_rgb
+
+    gens = ["FAKE", "GAN", "VAE", "DIFF"]
+    dest, info = _download(tmp_path, source="synthetic", synthetic_train_per_class=30, synthetic_test_per_class=20,
+                           synthetic_generators=gens)
+    assert info["classes"] == ["REAL", "DIFF", "FAKE", "GAN", "VAE"]
+
+    def features(split, label):
+        """Per image: the high-passed row profile (stripes, with their phase), colour cast and saturation."""
+        out = []
+        for f in sorted((dest / "images" / split / label).iterdir()):
+            x = load_rgb(f).astype(float)
+            rows = x.mean(axis=(1, 2))
+            stripes = rows - np.convolve(np.pad(rows, 3, mode="edge"), np.ones(7) / 7, mode="valid")
+            sat = (x - x.mean(axis=2, keepdims=True)).std()
+            out.append(np.concatenate([stripes / 4, (x.mean(axis=(0, 1)) - x.mean()) / 10, [sat / 20]]))
+        return np.array(out)
+
+    centroids = {c: features("train", c).mean(axis=0) for c in info["classes"]}
+    test = {c: features("test", c) for c in info["classes"]}
+    # nearest train centroid on these hand features tells held-out images' class apart: distinct, learnable
+    correct = sum(min(centroids, key=lambda k: np.linalg.norm(v - centroids[k])) == c
+                  for c, f in test.items() for v in f)
+    assert correct / sum(len(f) for f in test.values()) > 0.85
+    # the fingerprints survive horizontal flips: row profiles do not change
+    img = load_rgb(next((dest / "images" / "train" / "GAN").iterdir()))
+    assert np.allclose(img.mean(axis=(1, 2)), img[:, ::-1].mean(axis=(1, 2)))
+
+
+def test_multigen_sample_gives_four_classes_with_provenance_counts(tmp_path):
+    from conftest import MULTIGEN_SAMPLE
+
+    from aigi.data import preprocess
+    from aigi.params import PreprocessParams
+
+    if not MULTIGEN_SAMPLE.is_file():
+        pytest.skip(f"{MULTIGEN_SAMPLE} not present")
+    dest, info = _download(tmp_path, source="local", path=str(MULTIGEN_SAMPLE))
+    assert info["classes"] == ["REAL", "DCGAN", "SD14", "VAE"]
+    assert info["counts"] == {f"{s}/{c}": n for s, n in (("train", 2000), ("test", 1000))
+                              for c in ("REAL", "DCGAN", "SD14", "VAE")}
+    m = preprocess.run(dest / "images", tmp_path / "processed", PreprocessParams(
+        train_per_class="all", test_per_class="all", workers=2), seed=0, image_size=32)
+    assert m["classes"] == ["REAL", "DCGAN", "SD14", "VAE"]
+    assert m["found"] == info["counts"]
+    assert m["splits"]["test"]["per_class"] == {c: 1000 for c in m["classes"]}
+    assert m["splits"]["train"]["count"] + m["splits"]["val"]["count"] == 8000
+    assert {c: v["top"] for c, v in m["original_sizes"].items()} == {c: {"32x32": 3000} for c in m["classes"]}
+
+
+def test_image_folders_with_a_metadata_label_column(tmp_path):
+    from conftest import write_images
+
+    hub = tmp_path / "hub"
+    for k, split in enumerate(("train", "test")):
+        rows = []
+        for j, model in enumerate(("real", "dalle3", "sd21")):
+            for f in write_images(hub / split / model, 2, seed=10 * k + j):
+                rows.append(f"{model}/{f.name},{model}")
+        (hub / split / "metadata.csv").write_text("file_name,model\n" + "\n".join(rows) + "\n")
+    dest, info = _download(tmp_path / "a", source="local", path=str(hub), label_column="model")
+    assert info["layout"] == "label_column" and info["classes"] == ["REAL", "DALLE3", "SD21"]
+    assert info["counts"]["test/DALLE3"] == 2 and (dest / "images" / "train" / "SD21" / "0001.png").is_file()
+    with pytest.raises(AigiError, match=r"test/metadata.csv: no label column 'generator' \(columns found: "
+                                        r"file_name, model\)"):
+        _download(tmp_path / "b", source="local", path=str(hub), label_column="generator")

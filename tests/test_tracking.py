@@ -79,10 +79,9 @@ def test_training_run_logs_datasets_and_a_description(store):
 
 
 def test_a_run_missing_from_the_store_is_one_line_naming_both(store, tmp_path):
-    model_dir = tmp_path / "models" / "finetuned"
-    model_dir.mkdir(parents=True)
-    (model_dir / "run_id").write_text("0123456789abcdef0123456789abcdef\n")
-    with pytest.raises(AigiError) as err, tracking.model_run(_params(store), model_dir):
+    run_file = tmp_path / "models" / "run.json"
+    tracking.write_run_file(run_file, "0123456789abcdef0123456789abcdef")
+    with pytest.raises(AigiError) as err, tracking.model_run(_params(store), run_file):
         pass
     msg = str(err.value)
     assert "0123456789abcdef0123456789abcdef" in msg and store in msg and "\n" not in msg

@@ -131,3 +131,12 @@ def test_checkpoint_for_other_params_or_unreadable_is_ignored(tmp_path, capsys):
     path.write_bytes(b"not a checkpoint")
     assert load_checkpoint(path, "a") is None
     assert "ignoring" in capsys.readouterr().out
+
+
+def test_last_partial_accumulation_group_is_a_mean_of_what_it_has():
+    from aigi.train import accumulation_group_size
+
+    # 7 micro-batches, 3 per step: steps of 3, 3 and 1; the last loss is divided by 1, not 3
+    assert [accumulation_group_size(m, 7, 3) for m in range(1, 8)] == [3, 3, 3, 3, 3, 3, 1]
+    assert [accumulation_group_size(m, 4, 2) for m in range(1, 5)] == [2, 2, 2, 2]
+    assert [accumulation_group_size(m, 3, 1) for m in range(1, 4)] == [1, 1, 1]

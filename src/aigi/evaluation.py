@@ -13,35 +13,36 @@ from aigi.data.store import load_split
 from aigi.inference import predict_proba
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.paths import METRICS, PLOTS, PROCESSED, RAW_CIFAKE
 from aigi.plots import write_robustness_plots, write_score_plots
 from aigi.robustness import evaluate_robustness, summary_table
 
 
-def score_test_split(detector: Detector, params: Params, name: str, batch_size: int) -> dict[str, Any]:
-    """Writes `metrics/<name>.json` and `plots/<name>/` (ROC, PR, confusion, predictions.csv)."""
-    images, table = load_split(PROCESSED, "test")
+def score_test_split(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
+                     metrics_file: Path, plots_dir: Path) -> dict[str, Any]:
+    """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusion,
+    predictions.csv); `name` labels the progress bar and the plots."""
+    images, table = load_split(processed, "test")
     y = table["label"].to_numpy()
     p_fake = predict_proba(detector, images, batch_size, desc=f"{name} test")
     result = metrics.evaluate(y, p_fake, params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
                               files=table["file"].tolist())
-    write_json(METRICS / f"{name}.json", result)
-    folder = PLOTS / name
-    write_score_plots(folder, y, p_fake, params.evaluate.threshold, name)
-    table.assign(p_fake=np.round(p_fake, 6)).to_csv(folder / "predictions.csv", index_label="index")
+    write_json(metrics_file, result)
+    write_score_plots(plots_dir, y, p_fake, params.evaluate.threshold, name)
+    table.assign(p_fake=np.round(p_fake, 6)).to_csv(plots_dir / "predictions.csv", index_label="index")
     return result
 
 
-def score_robustness(detector: Detector, params: Params, clean: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The test split's originals (data/raw) perturbed per `evaluate.robustness`: writes
-    `metrics/robustness.json` and `plots/robustness/` (CSV for DVC, PNG for the report)."""
-    _, table = load_split(PROCESSED, "test")
+def score_robustness(detector: Detector, params: Params, clean: dict[str, Any], processed: Path, raw_images: Path,
+                     metrics_file: Path, plots_dir: Path) -> dict[str, dict[str, Any]]:
+    """The test split's originals (under `raw_images`) perturbed per `evaluate.robustness`: writes
+    `metrics_file` and `plots_dir` (CSV for DVC, PNG for the report)."""
+    _, table = load_split(processed, "test")
     results = evaluate_robustness(
-        detector, RAW_CIFAKE, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
+        detector, raw_images, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
         params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
     )
-    write_json(METRICS / "robustness.json", results)
-    write_robustness_plots(PLOTS / "robustness", summary_table(clean, results))
+    write_json(metrics_file, results)
+    write_robustness_plots(plots_dir, summary_table(clean, results))
     return results
 
 

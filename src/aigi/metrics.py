@@ -28,17 +28,22 @@ _CONTENT_SUFFIX = re.compile(r"^\d+(?: \((\d+)\))?$")
 _BOOTSTRAP_CELLS = 4_000_000  # resamples x images held in memory at once
 
 
-def _confidence_bins(p_fake: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin index, confidence and correctness of the predicted class (at 0.5) of each image."""
-    pred = (p_fake >= 0.5).astype(int)
+def _confidence_bins(p_fake: np.ndarray, bins: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bin index, confidence and predicted class of each image, for the decision at `threshold`.
+
+    The confidence is the probability the model gives the class it is scored as deciding (FAKE when
+    p_fake >= threshold), so ECE measures the calibration of the same decision as accuracy and F1.
+    It ranges over [min(t, 1 - t), 1]: the equal-width bins span that range (at t = 0.5, [0.5, 1])."""
+    pred = (p_fake >= threshold).astype(int)
     conf = np.where(pred == 1, p_fake, 1 - p_fake)
-    edges = np.linspace(0.5, 1.0, bins + 1)
+    edges = np.linspace(min(threshold, 1 - threshold), 1.0, bins + 1)
     return np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1), conf, pred
 
 
-def expected_calibration_error(y: np.ndarray, p_fake: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE of the predicted class's confidence, equal-width bins over [0.5, 1]."""
-    which, conf, pred = _confidence_bins(p_fake, bins)
+def expected_calibration_error(y: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5, bins: int = ECE_BINS
+                               ) -> float:
+    """ECE of the decided class's confidence at `threshold` (see `_confidence_bins`)."""
+    which, conf, pred = _confidence_bins(p_fake, bins, threshold)
     correct = (pred == y).astype(float)
     ece = 0.0
     for b in range(bins):
@@ -58,7 +63,7 @@ def scalar_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float) -> dict[
         "f1": float(skm.f1_score(y, pred, zero_division=0)),
         "roc_auc": float(skm.roc_auc_score(y, p_fake)) if both else float("nan"),
         "average_precision": float(skm.average_precision_score(y, p_fake)) if both else float("nan"),
-        "ece": expected_calibration_error(y, p_fake),
+        "ece": expected_calibration_error(y, p_fake, threshold),
         "brier": float(skm.brier_score_loss(y, p_fake)),
     }
 
@@ -82,7 +87,7 @@ def resample_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float, weight
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "brier": _ratio(w @ (p_fake - yf) ** 2, n),
     }
-    which, conf, calib_pred = _confidence_bins(p_fake, ECE_BINS)
+    which, conf, calib_pred = _confidence_bins(p_fake, ECE_BINS, threshold)
     onehot = np.eye(ECE_BINS)[which]  # N×bins
     correct = (calib_pred == y).astype(np.float64)
     out["ece"] = _ratio(np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])).sum(axis=1), n)

@@ -13,7 +13,6 @@ Nothing is pickled; loading never runs code.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from aigi.params import CLASSES
 
 TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
-logging.getLogger("root").setLevel(logging.WARNING)
 
 
 def resolve_arch(arch: str) -> str:
@@ -151,6 +149,8 @@ def create_detector(
             name, pretrained=weights, device=device, force_quick_gelu=model_cfg.get("quick_gelu", False)
         )
     except Exception as e:  # open_clip raises RuntimeError for both unknown tags and failed downloads
+        if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)) or "CUDA" in str(e):
+            raise  # the device failed, not the weights
         msg = one_line(e, 240)
         raise AigiError(
             f"model.pretrained '{pretrained}' for {name}: could not load weights ({msg}); use an open_clip tag "

@@ -21,6 +21,19 @@ CLASSES = ("REAL", "FAKE")  # label 0, label 1: P(fake) is the probability of cl
 MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preprocess, predict and serving
 
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
+# A generator's class name: a safe folder name (data/raw/images/<split>/<CLASS>/), as class_name() makes them.
+ClassName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")]
+
+
+def _generators(names: list[str], key: str) -> list[str]:
+    """Generator class names in upper case (as the data's classes are), none REAL, no repeats."""
+    upper = [n.upper() for n in names]
+    if "REAL" in upper:
+        raise ValueError(f"{key} lists REAL, which is the real class, not a generator")
+    repeated = sorted({n for n in upper if upper.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{key} lists {', '.join(repeated)} more than once")
+    return upper
 
 
 class Section(BaseModel):
@@ -36,8 +49,24 @@ class DataParams(Section):
     sha256: str | None = None  # expected SHA-256 of the `url` archive (optional)
     synthetic_train_per_class: Annotated[int, Field(gt=0)] = 600
     synthetic_test_per_class: Annotated[int, Field(gt=0)] = 200
+    synthetic_generators: Annotated[list[ClassName], Field(min_length=1)] = Field(default_factory=lambda: ["FAKE"])
+    layout: Literal["auto", "folder", "genimage", "label_column"] = "auto"
+    real_class: Annotated[str, Field(min_length=1)] = "REAL"  # folder layout: the real images' folder (any case)
+    label_column: Annotated[str, Field(min_length=1)] = "label"  # label_column layout: the column naming the class
+    real_labels: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["REAL", "nature"])
+    display_names: dict[str, str] = Field(default_factory=lambda: {"FAKE": "Stable Diffusion 1.4"})
     max_archive_bytes: Annotated[int, Field(gt=0)] = 20_000_000_000  # expanded size limit
     max_archive_members: Annotated[int, Field(gt=0)] = 1_000_000
+
+    @field_validator("synthetic_generators")
+    @classmethod
+    def _synthetic_generators(cls, v: list[str]) -> list[str]:
+        return _generators(v, "synthetic_generators")
+
+    @field_validator("display_names")
+    @classmethod
+    def _display_names(cls, v: dict[str, str]) -> dict[str, str]:
+        return {k.upper(): name for k, name in v.items()}  # class names are upper case
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataParams:
@@ -127,9 +156,15 @@ class RobustnessParams(Section):
 
 class EvaluateParams(Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    unseen_generators: list[ClassName] = Field(default_factory=list)  # held out of train/val, tested apart
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
     batch_size: Annotated[int, Field(gt=0)] = 256
     robustness: RobustnessParams = RobustnessParams()
+
+    @field_validator("unseen_generators")
+    @classmethod
+    def _unseen(cls, v: list[str]) -> list[str]:
+        return _generators(v, "unseen_generators")
 
 
 class ReportParams(Section):

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 RAW = Path("data/raw")
-RAW_CIFAKE = RAW / "cifake"
+RAW_IMAGES = RAW / "images"  # every source normalised to {train,test}/<CLASS>/
 SOURCE_JSON = RAW / "SOURCE.json"
 PROCESSED = Path("data/processed")
 MODEL_DIR = Path("models/finetuned")
+RUN_JSON = Path("models/run.json")  # the model's MLflow run: outside the model folder, whose hash is the weights'
 CHECKPOINT_DIR = Path("models/checkpoints")
 METRICS = Path("metrics")
 PLOTS = Path("plots")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import re
 import shutil
@@ -206,48 +205,22 @@ def _params_yaml(params: Params) -> str:
 
 
 def to_html(markdown: str, base: Path) -> str:
-    """A minimal Markdown-to-HTML rendering of the report with every image inlined (no external files)."""
-    body, in_code, table = [], False, []
+    """The report's Markdown as one HTML page (CommonMark + tables, by markdown-it-py), every image
+    inlined as a data: URI read from `base`, so the file stands alone."""
+    from markdown_it import MarkdownIt
 
-    def flush_table() -> None:
-        if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
-            cells = [[html.escape(c.strip()) for c in r.strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{c}</th>" for c in cells[0])
-            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in cells[1:])
-            body.append(f"<table><tr>{head}</tr>{rest}</table>")
-            table.clear()
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML in the text is escaped
 
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            flush_table()
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            body.append(html.escape(line))
-            continue
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if m := re.match(r"!\[(.*)\]\((.*)\)", line):
-            data = base64.b64encode((base / m.group(2)).read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
-        elif m := re.match(r"(#+) (.*)", line):
-            n = len(m.group(1))
-            body.append(f"<h{n}>{html.escape(m.group(2))}</h{n}>")
-        elif line.startswith("- "):
-            body.append(f"<li>{_inline(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    flush_table()
+    def inline_image(tokens, idx, options, env):
+        token = tokens[idx]
+        data = base64.b64encode((base / str(token.attrGet("src"))).read_bytes()).decode()
+        token.attrSet("src", f"data:image/png;base64,{data}")
+        return default_image(tokens, idx, options, env)
+
+    default_image = md.renderer.rules["image"]
+    md.renderer.rules["image"] = inline_image
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
              "img{max-width:100%}pre{background:#f5f5f5;padding:1em}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aigi report</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def _inline(text: str) -> str:
-    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+            f"<style>{style}</style></head><body>\n" + md.render(markdown) + "</body></html>\n")

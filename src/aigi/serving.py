@@ -1,8 +1,10 @@
 """The detector as an MLflow pyfunc model: logged with its saved files as artifacts, registered, servable.
 
-Input: a DataFrame with an `image` column whose cells are image file paths (read where the model
-runs), raw image bytes, or base64 text of the encoded file (what a JSON request to
-`mlflow models serve` carries). Output: `p_fake` and `label` per row; the decision threshold is a
+Input: a DataFrame with an `image` column whose cells are raw image bytes or base64 text of the
+encoded file (what a JSON request to `mlflow models serve` carries). A server never reads its own
+disk because a request says so: file paths are accepted only when the process that loads the model
+sets `AIGI_SERVE_ALLOWED_ROOT` to a folder, and then only for files under it (symlinks resolved).
+Output: `p_fake` and `label` per row; the decision threshold is a
 predict-time param whose default is `evaluate.threshold`. The model's artifacts are the folder
 `save_detector` wrote (safetensors and JSON, nothing pickled); `load_context` loads it with
 `load_detector`, and the `aigi` package travels with the model as code, so `--env-manager local`
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -38,27 +41,50 @@ ARTIFACT = "detector"
 MODEL_NAME = "model"  # the logged model's name within the run
 
 MAX_PATH_CHARS = 4096
+ALLOWED_ROOT_ENV = "AIGI_SERVE_ALLOWED_ROOT"  # opt-in, read when the model loads: paths under it may be read
 # What the model imports when it loads (pins without local version tags such as +cpu).
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "open_clip_torch", "safetensors", "numpy", "pandas", "pillow",
                 "pydantic", "pyyaml", "tqdm")
 
 
-def decode_cell(value: Any) -> np.ndarray:
-    """One input cell -> RGB array: a file path, image bytes, or base64 text (a `data:` URL prefix is allowed)."""
+def allowed_root() -> Path | None:
+    """The folder whose files requests may name (`AIGI_SERVE_ALLOWED_ROOT`), or None: bytes only."""
+    root = os.environ.get(ALLOWED_ROOT_ENV, "").strip()
+    if not root:
+        return None
+    resolved = Path(root).expanduser().resolve()
+    if not resolved.is_dir():
+        raise AigiError(f"{ALLOWED_ROOT_ENV}={root} is not a folder; point it at the images' folder or unset it")
+    return resolved
+
+
+def _file_under(value: str, root: Path) -> Path | None:
+    """`value` as a file inside `root` (relative paths are taken from `root`), after resolving symlinks
+    and `..`; None for anything outside it or not a file, so both get the same answer."""
+    if len(value) >= MAX_PATH_CHARS or "\0" in value:
+        return None
+    try:
+        path = (root / value).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def decode_cell(value: Any, root: Path | None = None) -> np.ndarray:
+    """One input cell -> RGB array: image bytes or base64 text (a `data:` URL prefix is allowed); with
+    `root`, also a path to a file under it. Any other path is never touched: it fails as bad base64."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return load_rgb(bytes(value), MAX_IMAGE_PIXELS)
     if not isinstance(value, str):
-        raise BadImage(f"unsupported value of type {type(value).__name__}; give a file path, image bytes or base64")
-    try:
-        if len(value) < MAX_PATH_CHARS and Path(value).is_file():
-            return load_rgb(value, MAX_IMAGE_PIXELS)
-    except OSError:
-        pass
+        raise BadImage(f"unsupported value of type {type(value).__name__}; give image bytes or base64")
+    if root is not None and (path := _file_under(value, root)) is not None:
+        return load_rgb(path, MAX_IMAGE_PIXELS)
     text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise BadImage("neither an existing file path nor base64-encoded image bytes") from None
+        where = f"a file under {ALLOWED_ROOT_ENV}" if root is not None else f"a file path ({ALLOWED_ROOT_ENV} unset)"
+        raise BadImage(f"not base64-encoded image bytes, nor {where}") from None
     return load_rgb(data, MAX_IMAGE_PIXELS)
 
 
@@ -70,15 +96,17 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         from aigi.model import load_detector
 
         self.detector, self.meta = load_detector(context.artifacts[ARTIFACT], device.resolve("auto"))
+        self.root = allowed_root()
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         if INPUT_COLUMN not in frame.columns:
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input needs a column '{INPUT_COLUMN}' (file paths, image bytes or base64); got {list(frame.columns)}"
+                f"input needs a column '{INPUT_COLUMN}' (image bytes or base64); got {list(frame.columns)}"
             )
         threshold = float((params or {}).get("threshold", 0.5))
-        rows = list(predict_images(self.detector, list(frame[INPUT_COLUMN]), decode_cell, batch_size=64))
+        rows = list(predict_images(self.detector, list(frame[INPUT_COLUMN]),
+                                   lambda v: decode_cell(v, self.root), batch_size=64))
         errors = [f"row {i}: {err}" for i, (_, p, err) in enumerate(rows) if p is None]
         if errors:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
@@ -117,12 +145,36 @@ def requirements() -> list[str]:
     return out
 
 
+WEIGHTS_TAG = "weights_sha256"  # on each registered version: the model files it holds
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """One hash of every file in the saved model folder (names and bytes): the registry's key."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(f.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def log_and_register(model_dir: Path, params: Params) -> Any:
     """Log `model_dir` as a pyfunc model in the active run, register it under `mlflow.registered_model`
-    and point `mlflow.model_alias` at the new version. Returns the `ModelVersion`."""
+    and point `mlflow.model_alias` at the new version. Returns the `ModelVersion`.
+
+    One version per model: when a version already holds these exact weights (its `weights_sha256`
+    tag), it is returned as is, nothing is logged and the alias stays where it is (re-evaluating with
+    other evaluate params makes no new version)."""
     if mlflow.active_run() is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
     name, alias = params.mlflow.registered_model, params.mlflow.model_alias
+    key = weights_sha256(model_dir)
+    client = mlflow.MlflowClient()
+    existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(WEIGHTS_TAG) == key]
+    if existing:
+        return min(existing, key=lambda v: int(v.version))
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
@@ -133,7 +185,7 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
         pip_requirements=requirements(),
         registered_model_name=name,
     )
-    client = mlflow.MlflowClient()
+    client.set_model_version_tag(name, info.registered_model_version, WEIGHTS_TAG, key)
     client.set_registered_model_alias(name, alias, info.registered_model_version)
     return client.get_model_version(name, info.registered_model_version)
 

@@ -30,7 +30,6 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 
-RUN_ID_FILE = "run_id"  # inside models/finetuned/: the MLflow run the later stages log into
 # MLflow 3's UI opens an experiment by its kind: without this tag it guesses "GenAI" and lands on traces.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -38,7 +37,6 @@ MODEL_TRAINING = "custom_model_development"
 # metrics/summary.json as the first columns, since MLflow 3 shows no metric columns by default.
 HEADLINE_VIEW = "aigi-headline"
 HEADLINE_METRICS = ("acc_zs", "acc_ft", "auc_zs", "auc_ft", "f1_zs", "f1_ft", "ece_zs", "ece_ft", "acc_attr_ft")
-
 
 def tracking_uri(params: Params) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri or (
@@ -177,6 +175,16 @@ def describe(params: Params, counts: dict[str, dict[str, int]]) -> str:
             f"batch {f.batch_size}x{f.grad_accum_steps}, seed {params.seed}")
 
 
+def run_usable(params: Params, run_id: str) -> bool:
+    """Whether `run_id` exists in the store and is not deleted (a resume reopens it). Read-only, so every
+    torchrun rank can ask and all take the same decision."""
+    use_store(params)
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def start_training_run(params: Params, run_id: str | None = None) -> mlflow.ActiveRun:
     """Open the run of a new model (or reopen `run_id` when resuming) with params, tags and datasets logged."""
     exp = experiment_id(params)
@@ -208,20 +216,34 @@ def epoch_metrics(row: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def write_run_file(path: Path, run_id: str) -> None:
+    """`models/run.json`: the MLflow run of the model finetune saved, which evaluate and report log into."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id}) + "\n")
+    tmp.replace(path)
+
+
+def read_run_id(path: Path) -> str:
+    try:
+        return str(json.loads(path.read_text())["run_id"])
+    except FileNotFoundError:
+        raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)") from None
+    except (ValueError, KeyError, TypeError):
+        raise AigiError(f"{path} is not a run file written by finetune; re-run it (dvc repro -f finetune)") from None
+
+
 @contextlib.contextmanager
-def model_run(params: Params, model_dir: Path) -> Iterator[Any]:
-    """Reopen the run of the model in `model_dir` (written by finetune) for evaluate and report."""
-    path = model_dir / RUN_ID_FILE
-    if not path.is_file():
-        raise AigiError(f"{path} is missing; re-run the finetune stage (dvc repro finetune)")
+def model_run(params: Params, run_file: Path) -> Iterator[Any]:
+    """Reopen the run named in `run_file` (written by finetune) for evaluate and report."""
+    run_id = read_run_id(run_file)
     uri = tracking_uri(params)
     experiment_id(params)
-    run_id = path.read_text().strip()
     try:
         mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise AigiError(f"MLflow run {run_id} (from {path}) is not in the store {uri}; point mlflow.tracking_uri "
-                        "at the store that holds it, or train anew: dvc repro -f finetune") from None
+        raise AigiError(f"MLflow run {run_id} (from {run_file}) is not in the store {uri}; point mlflow.tracking_uri"
+                        " at the store that holds it, or train anew: dvc repro -f finetune") from None
     with mlflow.start_run(run_id=run_id) as run:
         # MLflow params are write-once: params changed since training (evaluate.*, report.*) are
         # recorded as tags, so the run says what its latest metrics were computed with.

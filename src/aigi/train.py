@@ -21,6 +21,7 @@ alone writes the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -185,6 +186,13 @@ def shard(order: np.ndarray, w: World) -> np.ndarray:
     return order[w.rank : usable : w.size]
 
 
+def accumulation_group_size(micro: int, micro_batches: int, accum: int) -> int:
+    """How many micro-batches (1-based `micro`) share this optimizer step: `accum`, or fewer for an epoch's
+    last group, whose gradient is then the mean of what it has (not shrunk by the missing ones)."""
+    first = (micro - 1) // accum * accum
+    return min(accum, micro_batches - first)
+
+
 def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Horizontal flip of a random half of an NHWC batch, on its device."""
     flip = torch.rand(len(x), generator=generator, device=x.device) < 0.5
@@ -223,8 +231,24 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def code_fingerprint(script: Path) -> dict[str, str]:
+    """What a checkpoint's training also depends on besides params and data: the source of `script` and
+    of every aigi module it imports (with the model configs), and the versions of the libraries doing
+    the arithmetic."""
+    import open_clip
+
+    from aigi.imports import PACKAGE, local_modules
+
+    files = [Path(script), *local_modules(script), *sorted((PACKAGE / "model_configs").glob("*.json"))]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"source_sha256": digest.hexdigest(), "torch": torch.__version__,
+            "open_clip": getattr(open_clip, "__version__", "unknown")}
+
+
 def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, world size)."""
+    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, code, world size)."""
     if not path.is_file():
         return None
     try:
@@ -233,7 +257,8 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
         print(f"ignoring {path}: unreadable ({one_line(e, 120)})")
         return None
     if state.get("fingerprint") != fingerprint:
-        print(f"ignoring {path}: it was written for other params, data or number of processes")
+        print(f"ignoring {path}: it was written for other params, data, code, library versions or number of "
+              f"processes; training starts afresh")
         return None
     return state
 
@@ -351,6 +376,7 @@ def train(
             if cfg.augment_flip:
                 x = flip_half(x, flips)
             step_now = micro % cfg.grad_accum_steps == 0 or micro == micro_batches
+            group = accumulation_group_size(micro, micro_batches, cfg.grad_accum_steps)
             sync = model.no_sync() if world.distributed and not step_now else contextlib.nullcontext()
             with sync:
                 try:
@@ -362,7 +388,7 @@ def train(
                                         f"set finetune.compile: false") from None
                     raise
                 loss = F.cross_entropy(logits, y)
-                (loss / cfg.grad_accum_steps).backward()
+                (loss / group).backward()
             if step_now:
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

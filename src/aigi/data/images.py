@@ -1,6 +1,9 @@
-"""Decode images to RGB and resize them to the model's input: the one path shared by preprocess and predict.
+"""Decode images to RGB and bring them to the model's input: the one path shared by preprocess, predict,
+serving and robustness.
 
-Resizing a batch to a fixed size is a fixed linear map per axis. We build that map from PIL's own
+The transform is CLIP's own (open_clip's eval preprocess): resize the shorter side to S, then crop
+the centre S×S, so any size and aspect ratio works (32×32 CIFAKE is the upsampling case). Resizing
+a batch to a fixed size is a fixed linear map per axis. We build that map from PIL's own
 bicubic kernel (a = -0.5, support widened when shrinking, as PIL and so open_clip's preprocessing
 do) and apply it as two matrix products, which batches well on CPU and GPU. The result differs from
 `PIL.Image.resize(..., BICUBIC)` on about 1% of pixels, by one grey level (rarely two): the two use
@@ -21,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from aigi.params import MAX_IMAGE_PIXELS
 
-INTERPOLATION = "bicubic (PIL kernel, a=-0.5, antialiased when shrinking)"
+INTERPOLATION = "shorter side to S, bicubic (PIL kernel, a=-0.5, antialiased when shrinking), centre S×S crop"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -115,25 +118,51 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-@lru_cache(maxsize=64)
-def _bands(in_size: int, out_size: int, block: int = 32) -> tuple[tuple[int, int, int, int], ...]:
+def clip_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, crop top, crop left) of CLIP's transform for an h×w image.
+
+    As torchvision's `Resize(size)` then `CenterCrop(size)` (open_clip's eval preprocess): the
+    shorter side becomes `size`, the longer one `int(size * long / short)`, and the crop is centred
+    with `round()`.
+    """
+    if h <= w:
+        rh, rw = size, int(size * w / h)
+    else:
+        rh, rw = int(size * h / w), size
+    return rh, rw, round((rh - size) / 2.0), round((rw - size) / 2.0)
+
+
+@lru_cache(maxsize=256)
+def crop_matrix(in_size: int, resized: int, start: int, size: int) -> np.ndarray:
+    """The rows of the resize matrix that survive the centre crop: resize and crop as one size×in_size map."""
+    return np.ascontiguousarray(resize_matrix(in_size, resized)[start : start + size])
+
+
+@lru_cache(maxsize=256)
+def _bands(in_size: int, resized: int, start: int, size: int, block: int = 32) -> tuple[tuple[int, int, int, int], ...]:
     """(first row, end row, first column, end column) of the non-zero band of each block of output rows."""
-    nonzero = resize_matrix(in_size, out_size) != 0
+    nonzero = crop_matrix(in_size, resized, start, size) != 0
     out = []
-    for r0 in range(0, out_size, block):
+    for r0 in range(0, size, block):
         cols = np.flatnonzero(nonzero[r0 : r0 + block].any(axis=0))
-        out.append((r0, min(r0 + block, out_size), int(cols[0]), int(cols[-1]) + 1))
+        out.append((r0, min(r0 + block, size), int(cols[0]), int(cols[-1]) + 1))
     return tuple(out)
 
 
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device."""
+    """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device.
+
+    CLIP's transform: the shorter side resized to `size` (bicubic, antialiased when shrinking), then
+    the centre size×size crop; the crop is folded into the resize matrices, so no work is spent on
+    pixels that are cropped away.
+    """
     x = torch.as_tensor(batch)
     n, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
-    rows = torch.from_numpy(resize_matrix(h, size)).to(x.device)  # fixed-point weights: exact in float32
-    cols = torch.from_numpy(resize_matrix(w, size)).to(x.device)
+    rh, rw, top, left = clip_geometry(h, w, size)
+    rows = torch.from_numpy(crop_matrix(h, rh, top, size)).to(x.device)  # fixed-point weights: exact in float32
+    cols = torch.from_numpy(crop_matrix(w, rw, left, size)).to(x.device)
     # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
     # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
     # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
@@ -142,32 +171,23 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     x = x.permute(1, 0, 3, 2).float() @ cols.T  # h, N, 3, size
     x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * size * 3)
     out = torch.empty(size, n * size * 3, device=x.device)
-    for r0, r1, c0, c1 in _bands(h, size):
+    for r0, r1, c0, c1 in _bands(h, rh, top, size):
         torch.mm(rows[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
     out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
     return out.view(size, n, size, 3).permute(1, 0, 2, 3).contiguous()
 
 
-def center_square(img: np.ndarray) -> np.ndarray:
-    """The largest centred square crop (open_clip resizes the short side, then centre-crops)."""
-    h, w = img.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return img[top : top + side, left : left + side]
-
-
 def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Any-size RGB images -> N×size×size×3 uint8, each centre-cropped square then resized."""
+    """Any-size RGB images -> N×size×size×3 uint8 by CLIP's transform (shorter side to `size`, centre crop)."""
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
     by_shape: dict[tuple[int, ...], list[int]] = {}
-    squares = [center_square(img) for img in images]
-    for i, sq in enumerate(squares):
-        by_shape.setdefault(sq.shape, []).append(i)
+    for i, img in enumerate(images):
+        by_shape.setdefault(img.shape, []).append(i)  # equal sizes share one batch of matrix products
     for shape, idx in by_shape.items():
         # Resize in sub-batches of at most RESIZE_PIXELS input pixels: the float copy of a batch of
         # large photos would otherwise take gigabytes.
         step = max(1, RESIZE_PIXELS // (shape[0] * shape[1]))
         for i in range(0, len(idx), step):
             part = idx[i : i + step]
-            out[part] = resize_batch(np.stack([squares[j] for j in part]), size).numpy()
+            out[part] = resize_batch(np.stack([images[j] for j in part]), size).numpy()
     return out

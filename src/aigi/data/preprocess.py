@@ -1,7 +1,9 @@
-"""Raw CIFAKE files -> CLIP-ready arrays: dedupe, subsample, split, decode, upsample, write.
+"""Raw images -> CLIP-ready arrays: dedupe, subsample per class, split, decode, resize, write.
 
-Output in `data/processed/`: `{train,val,test}.npy` (N×S×S×3 uint8, memory-mappable),
-`{train,val,test}.csv` (file, label, label_name, sha256) and `manifest.json`. All the work per
+Input: `data/raw/images/{train,test}/<CLASS>/` (REAL and one folder per generator). Output in
+`data/processed/`: `{train,val,test}.npy` (N×S×S×3 uint8, memory-mappable), `{train,val,test}.csv`
+(file, label, label_name, sha256, width, height) and `manifest.json` (classes, display names,
+unseen generators, counts, duplicates, skipped files and original sizes per class). All the work per
 image (hash, decode, resize, write) runs in one worker process per core; each worker writes its
 rows straight into the `.npy` file at their place, and the main process only keeps the books.
 Memory stays flat in N: a worker holds one chunk of small decoded images and one resize batch.
@@ -16,7 +18,7 @@ import math
 import multiprocessing as mp
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +30,21 @@ import torch
 from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, RowFile, atomic_dir, sha256_file
 from aigi.errors import AigiError
-from aigi.params import CLASSES, PreprocessParams
+from aigi.params import PreprocessParams
 from aigi.progress import progress
 
-NATIVE_SIZE = (32, 32)  # CIFAKE's images; others are accepted and counted
+NATIVE_SIZE = (32, 32)  # CIFAKE's images: kept as decoded until the batched resize; others resized at once
+TOP_SIZES = 5  # most common original sizes listed per class in the manifest
 RESIZE_BATCH = 16  # images per matrix product in a worker: small enough to stay in the CPU cache
 EXAMPLES = 10  # file names listed in the manifest per kind of event
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
+    """One image of the plan: ~210 bytes in all (object, path and hash strings; measured by a test)."""
+
     file: str  # path relative to the raw root, e.g. "train/FAKE/0001 (3).jpg"
-    label: int
+    label: int  # index into the classes found in data/raw (not yet the model's)
     sha256: str
 
 
@@ -48,6 +53,9 @@ class SplitPlan:
     """Which files go into which output split, and what was dropped on the way."""
 
     splits: dict[str, list[Candidate]]
+    found_classes: list[str] = field(default_factory=list)  # every class in data/raw: REAL first, then sorted
+    classes: list[str] = field(default_factory=list)  # the model's: found_classes less the unseen generators
+    unseen: list[str] = field(default_factory=list)
     found: dict[str, int] = field(default_factory=dict)  # images per split/class before dedupe
     duplicates: dict[str, Any] = field(default_factory=dict)
     ignored_non_images: list[str] = field(default_factory=list)
@@ -92,23 +100,23 @@ def _hash_files(paths: list[str]) -> list[str]:
     return [sha256_file(Path(p)) for p in paths]
 
 
-def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[tuple[bool, str]], list[bytes]]:
+def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[tuple[str, int, int]], list[bytes]]:
     """Worker: decode, resize and write one chunk of files, good ones contiguous from row `start`.
 
-    Returns per file (ok, note): note is the size for images that are not 32×32, or why a file was
-    skipped; and the SHA-256 of each written row, in order.
+    Returns per file (why it was skipped or "", original width, height); and the SHA-256 of each
+    written row, in order.
     """
     paths, start, rows, image_size, max_pixels = job
-    status: list[tuple[bool, str]] = []
+    status: list[tuple[str, int, int]] = []
     good: list[np.ndarray] = []
     for p in paths:
         try:
             img = load_rgb(p, max_pixels)
         except BadImage as e:
-            status.append((False, str(e)))
+            status.append((str(e), 0, 0))
             continue
         h, w = img.shape[:2]
-        status.append((True, "" if (h, w) == NATIVE_SIZE else f"{w}x{h}"))
+        status.append(("", w, h))
         if (h, w) != NATIVE_SIZE:  # odd sizes resized now: a chunk of large photos would not fit in RAM
             img = to_model_input([img], image_size)[0]
         good.append(img)
@@ -123,15 +131,27 @@ def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[
 # ---------------------------------------------------------------- planning
 
 
-def scan(raw: Path, pool: Any = None) -> tuple[dict[str, list[Candidate]], list[str]]:
-    """List the image files of `raw/{train,test}/{REAL,FAKE}` with their content hashes; and what was ignored."""
+def find_classes(raw: Path) -> list[str]:
+    """The classes in `raw/{train,test}/`: REAL first, then the generators sorted case-insensitively."""
+    for split in ("train", "test"):
+        if not (raw / split).is_dir():
+            raise AigiError(f"{raw / split} is missing; re-run the download stage (dvc repro download)")
+    names = {c.name for split in ("train", "test") for c in (raw / split).iterdir() if c.is_dir()}
+    if "REAL" not in names:
+        raise AigiError(f"{raw}: no REAL class (classes found: {', '.join(sorted(names)) or 'none'}); "
+                        f"re-run the download stage (dvc repro download)")
+    return sorted(names, key=lambda n: (n != "REAL", n.lower(), n))
+
+
+def scan(raw: Path, classes: list[str], pool: Any = None) -> tuple[dict[str, list[Candidate]], list[str]]:
+    """List the image files of `raw/{train,test}/<CLASS>` with their content hashes; and what was ignored."""
     listed: list[tuple[str, str, int]] = []  # (split, file, label)
     ignored: list[str] = []
     for split in ("train", "test"):
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(classes):
             folder = raw / split / name
             if not folder.is_dir():
-                raise AigiError(f"{folder} is missing; re-run the download stage (dvc repro download)")
+                continue  # a class with no images in this split: reported by the counts
             for f in sorted(folder.iterdir()):
                 rel = f.relative_to(raw).as_posix()
                 if f.is_file() and is_image_file(f):
@@ -162,22 +182,32 @@ def dedupe(found: dict[str, list[Candidate]], drop_train_copies_of_test: bool) -
                 first[c.sha256] = c
         kept[split] = list(first.values())
         report[f"within_{split}_dropped"] = len(pairs)
+        report[f"within_{split}_dropped_per_class"] = dict(Counter(pair[1].split("/")[1] for pair in pairs))
         report[f"within_{split}_examples"] = pairs[:EXAMPLES]
     test_hashes = {c.sha256 for c in kept["test"]}
     shared = [c for c in kept["train"] if c.sha256 in test_hashes]
     report["train_test_shared"] = len(shared)
     report["train_copies_of_test_dropped"] = 0
+    report["train_copies_of_test_dropped_per_class"] = {}
     if drop_train_copies_of_test and shared:
         kept["train"] = [c for c in kept["train"] if c.sha256 not in test_hashes]
         report["train_copies_of_test_dropped"] = len(shared)
+        report["train_copies_of_test_dropped_per_class"] = dict(Counter(c.file.split("/")[1] for c in shared))
     report["train_test_shared_examples"] = [c.file for c in shared[:EXAMPLES]]
     return kept, report
 
 
-def subsample(items: list[Candidate], per_class: int | str, rng: np.random.Generator, split: str) -> list[Candidate]:
+def subsample(items: list[Candidate], classes: list[str], per_class: int | str, rng: np.random.Generator,
+              split: str, skip: set[int] | frozenset[int] = frozenset()) -> list[Candidate]:
+    """`per_class` images of each class (index into `classes`) but those in `skip`, without replacement; or all."""
+    by_class: dict[int, list[Candidate]] = {}
+    for c in items:
+        by_class.setdefault(c.label, []).append(c)
     out = []
-    for label, name in enumerate(CLASSES):
-        pool = [c for c in items if c.label == label]
+    for label, name in enumerate(classes):
+        if label in skip:
+            continue
+        pool = by_class.get(label, [])
         if per_class == "all":
             out += pool
             continue
@@ -191,23 +221,42 @@ def subsample(items: list[Candidate], per_class: int | str, rng: np.random.Gener
     return out
 
 
-def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None) -> SplitPlan:
-    found, ignored = scan(raw, pool)
-    counts = {f"{s}/{CLASSES[k]}": n for s, items in found.items() for k, n in
+def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unseen: Sequence[str] = ()) -> SplitPlan:
+    """Dedupe, subsample per class and split; `unseen` generators stay out of train and val entirely."""
+    found_classes = find_classes(raw)
+    unknown = [u for u in unseen if u not in found_classes[1:]]
+    if unknown:
+        raise AigiError(f"evaluate.unseen_generators: {', '.join(unknown)} is not a generator in the data "
+                        f"(classes found: {', '.join(found_classes)})")
+    classes = [c for c in found_classes if c not in unseen]
+    if len(classes) < 2:
+        raise AigiError(f"evaluate.unseen_generators holds out every generator ({', '.join(unseen)}); "
+                        f"keep at least one to train on")
+    found, ignored = scan(raw, found_classes, pool)
+    counts = {f"{s}/{found_classes[k]}": n for s, items in found.items() for k, n in
               sorted(Counter(c.label for c in items).items())}
+    # Held-out generators never reach train or val: dropped before anything is drawn from train.
+    held = {found_classes.index(u) for u in unseen}
+    found["train"] = [c for c in found["train"] if c.label not in held]
     kept, dup_report = dedupe(found, params.drop_train_duplicates_of_test)
     # One random stream per draw: the test set must not change when only the train params do.
-    train = subsample(kept["train"], params.train_per_class, np.random.default_rng([seed, 0]), "train")
-    test = subsample(kept["test"], params.test_per_class, np.random.default_rng([seed, 1]), "test")
+    train = subsample(kept["train"], found_classes, params.train_per_class, np.random.default_rng([seed, 0]),
+                      "train", skip=held)
+    test = subsample(kept["test"], found_classes, params.test_per_class, np.random.default_rng([seed, 1]), "test")
     rng = np.random.default_rng([seed, 2])
     # Stratified validation split carved from train; the test split is never touched by training.
     val_idx: list[int] = []
-    for label in range(len(CLASSES)):
-        idx = [i for i, c in enumerate(train) if c.label == label]
+    by_class: dict[int, list[int]] = {}  # one pass, not one per class: ~50 classes x 1 M images
+    for i, c in enumerate(train):
+        by_class.setdefault(c.label, []).append(i)
+    for label, name in enumerate(found_classes):
+        if label in held:
+            continue
+        idx = by_class.get(label, [])
         n_val = max(1, round(len(idx) * params.val_fraction))
         if n_val >= len(idx):
             raise AigiError(
-                f"train/{CLASSES[label]} has {len(idx)} images: too few to hold out "
+                f"train/{name} has {len(idx)} images: too few to hold out "
                 f"preprocess.val_fraction={params.val_fraction} and keep some for training"
             )
         val_idx += list(rng.choice(idx, size=n_val, replace=False))
@@ -217,23 +266,30 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None) -> Sp
         "val": [c for i, c in enumerate(train) if i in val_set],
         "test": test,
     }
-    return SplitPlan(splits, counts, dup_report, ignored)
+    return SplitPlan(splits, found_classes, classes, list(unseen), counts, dup_report, ignored)
 
 
 # ---------------------------------------------------------------- the stage
 
 
-def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: int) -> dict[str, Any]:
-    """The preprocess stage: plan the splits, then decode, resize and write each one."""
+def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: int,
+        unseen: Sequence[str] = ()) -> dict[str, Any]:
+    """The preprocess stage: plan the splits, then decode, resize and write each one.
+
+    `unseen` generators (evaluate.unseen_generators) are kept out of train and val; their test
+    images get label -1 and their generator's name as label_name.
+    """
     workers = worker_count(params)
     with atomic_dir(dest) as out, worker_pool(workers) as pool:
-        split_plan = plan(raw, params, seed, pool)
+        split_plan = plan(raw, params, seed, pool, unseen)
         sums = raw.parent / "SHA256SUMS"  # the content of the raw data, not where or when it came from
         manifest: dict[str, Any] = {
             "image_size": image_size,
             "interpolation": INTERPOLATION,
             "seed": seed,
-            "classes": list(CLASSES),
+            "classes": split_plan.classes,
+            "display_names": _display_names(raw.parent / "SOURCE.json", split_plan.found_classes),
+            "unseen_generators": split_plan.unseen,
             "sha256sums_sha256": hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else None,
             "found": split_plan.found,
             "duplicates": split_plan.duplicates,
@@ -241,56 +297,101 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
             "ignored_examples": split_plan.ignored_non_images[:EXAMPLES],
             "splits": {},
             "skipped": [],
+            "original_sizes": {},
         }
+        sizes = {name: SizeTally() for name in split_plan.found_classes}
         for split, items in split_plan.splits.items():
             manifest["splits"][split] = _write_split(
-                split, items, raw, out, params, image_size, pool, workers, manifest["skipped"]
+                split, items, raw, out, params, image_size, pool, workers, manifest["skipped"], split_plan, sizes
             )
+        manifest["original_sizes"] = {name: t.summary() for name, t in sizes.items() if t.sizes}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-def _write_split(split, items, raw, out, params, image_size, pool, workers, skipped) -> dict[str, Any]:
+def _display_names(source_json: Path, classes: list[str]) -> dict[str, str]:
+    """Each class's display name, as the download stage recorded it (default: the class name)."""
+    recorded = json.loads(source_json.read_text()).get("display_names", {}) if source_json.is_file() else {}
+    return {c: recorded.get(c, c) for c in classes}
+
+
+class SizeTally:
+    """Original image sizes of one class: counts per distinct size, width and height (flat in N images)."""
+
+    def __init__(self) -> None:
+        self.sizes: Counter[str] = Counter()
+        self.widths: Counter[int] = Counter()
+        self.heights: Counter[int] = Counter()
+
+    def add(self, w: int, h: int) -> None:
+        self.sizes[f"{w}x{h}"] += 1
+        self.widths[w] += 1
+        self.heights[h] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"top": dict(self.sizes.most_common(TOP_SIZES)), "distinct": len(self.sizes),
+                "width": _spread(self.widths), "height": _spread(self.heights)}
+
+
+def _spread(values: Counter[int]) -> dict[str, int]:
+    """min, median (lower) and max of a tally of integers."""
+    keys = sorted(values)
+    half, seen = (sum(values.values()) - 1) // 2, 0
+    median = keys[-1]
+    for k in keys:
+        seen += values[k]
+        if seen > half:
+            median = k
+            break
+    return {"min": keys[0], "median": median, "max": keys[-1]}
+
+
+def _write_split(split, items, raw, out, params, image_size, pool, workers, skipped, split_plan, sizes):
+    found, classes = split_plan.found_classes, split_plan.classes
     writer = ArrayWriter(out / f"{split}.npy", len(items), (image_size, image_size, 3))
     chunks = _chunks(items, workers, params.chunk_size)
     jobs = [([str(raw / c.file) for c in chunk], start, writer.rows, image_size, params.max_image_pixels)
             for start, chunk in chunks]
     rows: list[Candidate] = []
-    sizes: Counter[str] = Counter()
+    dims = np.zeros((len(items), 2), dtype=np.int32)  # original width, height of each written row
+    skipped_per_class: Counter[str] = Counter()
     blocks: list[tuple[int, int]] = []
     pixels = hashlib.sha256()  # over the per-row SHA-256s, in row order
     with progress(total=len(items), desc=f"preprocess {split}", unit="img") as bar:
         for (start, chunk), (status, digests) in zip(chunks, pool.imap(_process_chunk, jobs), strict=True):
-            for cand, (ok, note) in zip(chunk, status, strict=True):
-                if not ok:
+            for cand, (why, w, h) in zip(chunk, status, strict=True):
+                if why:
                     if params.on_bad_image == "fail":
                         raise AigiError(
-                            f"{cand.file}: {note}; fix or remove it, or set preprocess.on_bad_image: skip"
+                            f"{cand.file}: {why}; fix or remove it, or set preprocess.on_bad_image: skip"
                         )
-                    skipped.append({"file": cand.file, "reason": note})
+                    skipped.append({"file": cand.file, "reason": why})
+                    skipped_per_class[found[cand.label]] += 1
                     continue
+                dims[len(rows)] = w, h
                 rows.append(cand)
-                if note:
-                    sizes[note] += 1
+                sizes[found[cand.label]].add(w, h)
             blocks.append((start, len(digests)))
             for d in digests:
                 pixels.update(d)
             bar.update(len(chunk))
     writer.close(blocks)
+    index = {name: i for i, name in enumerate(classes)}  # unseen generators: -1
     table = pd.DataFrame({
         "file": [c.file for c in rows],
-        "label": [c.label for c in rows],
-        "label_name": [CLASSES[c.label] for c in rows],
+        "label": np.array([index.get(found[c.label], -1) for c in rows], dtype=np.int64),
+        "label_name": [found[c.label] for c in rows],
         "sha256": [c.sha256 for c in rows],
+        "width": dims[: len(rows), 0],
+        "height": dims[: len(rows), 1],
     })
     table.to_csv(out / f"{split}.csv", index=False)
-    counts = Counter(CLASSES[c.label] for c in rows)
+    counts = Counter(table["label_name"])
     return {
         "count": len(rows),
-        "per_class": {name: counts.get(name, 0) for name in CLASSES},
-        "not_32x32": sum(sizes.values()),
-        "other_sizes": dict(sizes.most_common(EXAMPLES)),
+        "per_class": {name: counts.get(name, 0) for name in found if name in counts or name in index},
         "skipped": len(items) - len(rows),
+        "skipped_per_class": dict(skipped_per_class),
         "pixels_sha256": pixels.hexdigest(),
         "table_sha256": hashlib.sha256((out / f"{split}.csv").read_bytes()).hexdigest(),
     }

@@ -1,4 +1,4 @@
-"""Fetch CIFAKE from the source named in `data.source` into `data/raw/cifake/{train,test}/{REAL,FAKE}/`.
+"""Fetch a dataset from the source named in `data.source` into `data/raw/images/{train,test}/<CLASS>/`.
 
 Every source ends in the same layout plus `data/raw/SOURCE.json` (what, where from, counts, hashes)
 and `data/raw/SHA256SUMS` (one line per image, `sha256sum -c` format). The result is built in a
@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,17 @@ from aigi.data.images import is_image_file
 from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError, one_line
-from aigi.params import CLASSES, DataParams
+from aigi.params import DataParams
+from aigi.paths import RAW_IMAGES
 from aigi.progress import progress
 
 SPLITS = ("train", "test")
+RAW_IMAGES_NAME = RAW_IMAGES.name  # data/raw/images: every source normalised to {train,test}/<CLASS>/
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 CACHE = Path(os.environ.get("AIGI_CACHE", Path.home() / ".cache" / "aigi"))
 OFFLINE_HINT = (
-    "without network access, download CIFAKE elsewhere and set `data.source: local` and "
-    "`data.path: /path/to/cifake.zip` (or the unpacked folder) in params.yaml"
+    "without network access, download the dataset elsewhere and set `data.source: local` and "
+    "`data.path: /path/to/dataset.zip` (or the unpacked folder) in params.yaml"
 )
 
 
@@ -54,13 +56,14 @@ def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
     staging.mkdir(parents=True)
     try:
         fetch = FETCHERS[params.source]
-        info = fetch(params, seed, staging / "cifake")
+        info = fetch(params, seed, staging / RAW_IMAGES_NAME)
         # Where and how this run got the data (cache path, online or not) is printed, not written:
         # SOURCE.json must be identical for identical data, or DVC would re-run everything downstream.
         for key in RUN_FACTS:
             if key in info:
                 print(f"download: {key}: {info.pop(key)}")
-        info = {"source": params.source, **info, **summarise(staging / "cifake", staging / "SHA256SUMS")}
+        info = {"source": params.source, **info,
+                **summarise(staging / RAW_IMAGES_NAME, staging / "SHA256SUMS", params.display_names)}
         (staging / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -74,14 +77,15 @@ def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
 
 
 def fetch_synthetic(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
-    write_synthetic(out, params.synthetic_train_per_class, params.synthetic_test_per_class, seed)
+    write_synthetic(out, params.synthetic_train_per_class, params.synthetic_test_per_class, seed,
+                    params.synthetic_generators)
     return {"id": "aigi-synthetic", "version": f"seed={seed}"}
 
 
 def fetch_local(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     path = Path(params.path or "").expanduser()
     if not path.exists():
-        raise AigiError(f"data.path '{path}' does not exist; point it at a CIFAKE folder or archive")
+        raise AigiError(f"data.path '{path}' does not exist; point it at a dataset folder or archive")
     info: dict[str, Any] = {"id": path.name, "path": str(path.resolve())}  # the name: same on every machine
     if path.is_file():
         info["archive_sha256"] = sha256_file(path)
@@ -143,10 +147,7 @@ def fetch_huggingface(params: DataParams, seed: int, out: Path) -> dict[str, Any
     except Exception as e:
         raise AigiError(f"data.source 'huggingface': could not download {repo} ({_short(e)}); {OFFLINE_HINT}") from None
     info: dict[str, Any] = {"id": repo, "version": folder.name}
-    if list(folder.rglob("*.parquet")):
-        info.update(import_parquet(folder, out))
-    else:
-        info.update(import_dataset(folder, out, params))
+    info.update(import_dataset(folder, out, params))
     return info
 
 
@@ -199,27 +200,62 @@ def _short(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- layout and import
 
+REAL = "REAL"
+GENIMAGE_SPLITS = {"train": "train", "val": "test"}  # GenImage's `val` is the test split
+GENIMAGE_KINDS = ("ai", "nature")
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # Hugging Face imagefolder: file_name + label columns
+REAL_LABEL_HINT = "set data.real_class (folders) or data.real_labels (a label column) to the name real images carry"
+
+
+def class_name(raw: str, real_names: Sequence[str] = (REAL,)) -> str:
+    """A folder or label value -> its class name: REAL for the real class, else upper case, safe as a folder name."""
+    if raw.strip().lower() in {r.strip().lower() for r in real_names}:
+        return REAL
+    name = re.sub(r"[^A-Z0-9_.+-]+", "_", raw.strip().upper()).strip("._")
+    if not name:
+        raise AigiError(f"class {raw!r}: no usable characters for a folder name; rename it")
+    if name == REAL:
+        raise AigiError(f"class {raw!r} is named like the real class but the real images are "
+                        f"{', '.join(real_names) or 'nature'}; {REAL_LABEL_HINT}")
+    return name
+
 
 def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
-    """Copy a CIFAKE-layout folder, or the folder inside an archive, into `out` (files moved when `move`)."""
+    """Normalise a dataset folder, or the folder inside an archive, into `out/{train,test}/<CLASS>/`.
+
+    Layouts (`data.layout`, or detected): `folder` = `{train,test}/<CLASS>/`; `genimage` =
+    `<Generator>/{train,val}/{ai,nature}/`; `label_column` = Hugging Face parquet shards. Files
+    keep their original names (moved rather than copied when `move`: our own scratch copy).
+    """
     if path.is_file():
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
             raise AigiError(f"{path}: not a folder or a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members)
-            return import_dataset(Path(tmp), out, params, move=True)  # our own scratch copy: move, not copy
-    layout = find_layout(path)
+            return import_dataset(Path(tmp), out, params, move=True)
+    layout = params.layout
+    if layout == "auto":
+        layout = detect_layout(path)
+    if layout == "label_column":
+        if next(path.rglob("*.parquet"), None) is not None:
+            return {"layout": layout, **import_parquet(path, out, params)}
+        return {"layout": layout, **import_metadata(path, out, params, move)}
+    folders = find_genimage(path) if layout == "genimage" else find_layout(path, params.real_class)
     ignored = 0
-    for (split, label), folder in layout.items():
+    for (split, label), sources_ in folders.items():
         target = out / split / label
         target.mkdir(parents=True, exist_ok=True)
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-        for f in progress(files, desc=f"import {split}/{label}", unit="file", leave=False):
-            if is_image_file(f):
-                (os.replace if move else shutil.copyfile)(f, target / _flat_name(f, folder))
-            else:
-                ignored += 1
-    return {"ignored_non_image_files": ignored}
+        for tag, folder in sources_:
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+            for f in progress(files, desc=f"import {split}/{label}", unit="file", leave=False):
+                if not is_image_file(f):
+                    ignored += 1
+                    continue
+                name = _flat_name(f, folder)
+                if (target / name).exists():  # pooled folders (GenImage's `nature`) may share names
+                    name = f"{tag}__{name}"
+                (os.replace if move else shutil.copyfile)(f, target / name)
+    return {"layout": layout, "ignored_non_image_files": ignored}
 
 
 def _flat_name(f: Path, folder: Path) -> str:
@@ -227,68 +263,123 @@ def _flat_name(f: Path, folder: Path) -> str:
     return "__".join(rel.parts)
 
 
+def _dirs(folder: Path) -> list[Path]:
+    return sorted(c for c in folder.iterdir() if c.is_dir() and not c.is_symlink())
+
+
 def _child(folder: Path, name: str) -> Path | None:
     """The sub-folder of `folder` called `name`, matched case-insensitively."""
-    found = sorted(c for c in folder.iterdir() if c.is_dir() and not c.is_symlink() and c.name.lower() == name.lower())
+    found = [c for c in _dirs(folder) if c.name.lower() == name.lower()]
     if len(found) > 1:
         raise AigiError(f"{folder}: {' and '.join(c.name for c in found)} differ only in case; merge them into one")
     return found[0] if found else None
 
 
-def find_layout(root: Path, depth: int = 3) -> dict[tuple[str, str], Path]:
-    """Locate `train|test/REAL|FAKE` at or below `root` (folder names in any case)."""
-    candidates = [root]
+def _walk(root: Path, depth: int) -> Iterator[Path]:
+    """`root` and its sub-folders down to `depth` levels, breadth first, sorted."""
+    level = [root]
     for _ in range(depth + 1):
-        nxt = []
-        for folder in candidates:
-            found = {}
-            for split in SPLITS:
-                s = _child(folder, split)
-                for label in CLASSES:
-                    c = _child(s, label) if s else None
-                    if c:
-                        found[(split, label)] = c
-            if len(found) == len(SPLITS) * len(CLASSES):
-                return found
-            nxt += sorted(c for c in folder.iterdir() if c.is_dir() and not c.is_symlink())
-        candidates = nxt
+        yield from level
+        level = [c for f in level for c in _dirs(f)]
+
+
+def _seen(root: Path) -> str:
     seen = sorted(p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in root.rglob("*")
                   if len(p.relative_to(root).parts) <= 2)[:20]
+    return ", ".join(seen) or "nothing"
+
+
+def detect_layout(root: Path) -> str:
+    """`label_column` for parquet shards or metadata files, `genimage` for `{train,val}/{ai,nature}`, else `folder`."""
+    if any(next(root.rglob(pattern), None) is not None for pattern in ("*.parquet", *METADATA_FILES)):
+        return "label_column"
+    for folder in _walk(root, 4):
+        split = _child(folder, "val") or _child(folder, "train")
+        if split and any(_child(split, k) for k in GENIMAGE_KINDS):
+            return "genimage"
+    return "folder"
+
+
+def find_layout(root: Path, real_class: str = REAL, depth: int = 3) -> dict[tuple[str, str], list[tuple[str, Path]]]:
+    """Locate `{train,test}/<CLASS>/` at or below `root`; class folders in any case, `real_class` -> REAL."""
+    for folder in _walk(root, depth):
+        splits = {s: _child(folder, s) for s in SPLITS}
+        if not all(splits.values()):
+            continue
+        found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
+        for split, s in splits.items():
+            for c in _dirs(s):  # type: ignore[arg-type]
+                label = class_name(c.name, (real_class,))
+                if (split, label) in found:
+                    raise AigiError(f"{s}: {found[(split, label)][0][1].name} and {c.name} are both class {label}; "
+                                    f"merge or rename one")
+                found[(split, label)] = [(c.name, c)]
+        return found
     raise AigiError(
-        f"{root}: no CIFAKE layout found (expected train/ and test/, each with REAL/ and FAKE/); "
-        f"found: {', '.join(seen) or 'nothing'}"
+        f"{root}: no dataset layout found (expected train/ and test/, each with one folder per class: "
+        f"{real_class}/ and one per generator, e.g. FAKE/; or GenImage's <Generator>/{{train,val}}/{{ai,nature}}/; "
+        f"or parquet shards); found: {_seen(root)}"
     )
 
 
-def import_parquet(folder: Path, out: Path) -> dict[str, Any]:
+def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
+    """GenImage: `<Generator>/[...]/{train,val}/{ai,nature}`; every generator's `nature` pooled as REAL."""
+    parents = [f for f in _walk(root, 4) if any(
+        (s := _child(f, split)) and any(_child(s, k) for k in GENIMAGE_KINDS) for split in GENIMAGE_SPLITS)]
+    if not parents:
+        raise AigiError(f"{root}: no GenImage layout found (<Generator>/{{train,val}}/{{ai,nature}}/); "
+                        f"found: {_seen(root)}")
+    base = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
+    found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
+    owners: dict[str, str] = {}
+    for parent in parents:
+        gen_folder = parent.relative_to(base).parts[0]
+        gen = class_name(gen_folder, ())
+        if owners.setdefault(gen, gen_folder) != gen_folder:
+            raise AigiError(f"{base}: generator folders {owners[gen]} and {gen_folder} are both class {gen}; "
+                            f"rename one")
+        for split, ours in GENIMAGE_SPLITS.items():
+            s = _child(parent, split)
+            for kind, label in (("ai", gen), ("nature", REAL)):
+                c = _child(s, kind) if s else None
+                if c:
+                    found.setdefault((ours, label), []).append((gen, c))
+    return found
+
+
+def import_parquet(folder: Path, out: Path, params: DataParams | None = None) -> dict[str, Any]:
     """Hugging Face parquet shards (an image column with bytes, a label column) -> image files.
 
-    Read in record batches, so memory stays flat whatever the shard size. A shard's split comes from
-    its path (`train-00000-of-00002.parquet`, `data/test/...`); files keep the image's original name
-    when the shard stores one.
+    The label comes from `data.label_column`; its values in `data.real_labels` are REAL, any other
+    value is a generator class (class-index labels are named by the dataset card's features). Read
+    in record batches, so memory stays flat whatever the shard size. A shard's split comes from its
+    path (`train-00000-of-00002.parquet`, `data/test/...`; `validation` is the test split when
+    there is no test shard); files keep the image's original name when the shard stores one.
     """
     import pyarrow.parquet as pq
 
-    names = _hf_label_names(folder)
+    params = params or DataParams()
+    column = params.label_column
+    names = _hf_label_names(folder, column)
+    shards = sorted(folder.rglob("*.parquet"))
+    split_of = _splits_by_path(shards, folder)
     written = 0
-    for shard in sorted(folder.rglob("*.parquet")):
-        tokens = set(re.split(r"[^a-z]+", shard.relative_to(folder).as_posix().lower()))
-        split = next((s for s in SPLITS if s in tokens), None)
-        if split is None:
+    for shard in shards:
+        split = split_of[shard]
+        if split not in SPLITS:
             continue
         pf = pq.ParquetFile(shard)
         columns = pf.schema_arrow.names
-        if "image" not in columns or "label" not in columns:
-            raise AigiError(f"{shard.name}: expected columns 'image' and 'label', found {columns}")
+        image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
+        _has_label_column(shard.name, column, columns)
+        if image_col is None:
+            raise AigiError(f"{shard.name}: no image column (expected 'image'; columns found: {', '.join(columns)})")
         i = 0
-        for batch in pf.iter_batches(columns=["image", "label"], batch_size=1024):
-            for image, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist(), strict=True):
-                label_name = (names[int(label)] if names and not isinstance(label, str) else str(label)).upper()
-                if label_name not in CLASSES:
-                    raise AigiError(
-                        f"{shard.name}: label {label!r} is neither REAL nor FAKE (nor a class index the "
-                        f"dataset card's features name)"
-                    )
+        for batch in pf.iter_batches(columns=[image_col, column], batch_size=1024):
+            for image, label in zip(batch.column(image_col).to_pylist(), batch.column(column).to_pylist(),
+                                    strict=True):
+                raw = names[int(label)] if names and not isinstance(label, str) else str(label)
+                label_name = class_name(raw, params.real_labels)
                 data = image["bytes"] if isinstance(image, dict) else image
                 original = Path((image.get("path") if isinstance(image, dict) else None) or "").name
                 stem = f"{shard.stem}-{i:06d}"
@@ -305,6 +396,58 @@ def import_parquet(folder: Path, out: Path) -> dict[str, Any]:
     return {"format": "parquet"}
 
 
+def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
+    """Hugging Face image folders: `metadata.csv` / `metadata.jsonl` rows name a `file_name` and its label column.
+
+    The split comes from the metadata file's path, as for parquet shards; files keep their names.
+    """
+    import pandas as pd
+
+    tables = sorted(p for pattern in METADATA_FILES for p in folder.rglob(pattern))
+    split_of = _splits_by_path(tables, folder)
+    written = 0
+    for meta in tables:
+        split = split_of[meta]
+        if split not in SPLITS:
+            continue
+        table = pd.read_csv(meta) if meta.suffix == ".csv" else pd.read_json(meta, lines=True)
+        _has_label_column(meta.relative_to(folder).as_posix(), params.label_column, list(table.columns))
+        if "file_name" not in table.columns:
+            raise AigiError(f"{meta}: no file_name column (columns found: {', '.join(table.columns)})")
+        for rel, label in zip(table["file_name"], table[params.label_column], strict=True):
+            src = (meta.parent / str(rel)).resolve()
+            if not src.is_relative_to(meta.parent.resolve()) or not src.is_file():
+                raise AigiError(f"{meta}: file_name {rel!r} is not a file under {meta.parent.name}/")
+            if not is_image_file(src):
+                continue
+            target = out / split / class_name(str(label), params.real_labels) / src.name
+            if target.exists():  # one name in two sub-folders: keep both
+                target = target.with_name("__".join(Path(str(rel)).parts))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (os.replace if move else shutil.copyfile)(src, target)
+            written += 1
+    if not written:
+        raise AigiError(f"{folder}: no metadata file named for a train or test split")
+    return {"format": "metadata"}
+
+
+def _splits_by_path(files: list[Path], root: Path) -> dict[Path, str | None]:
+    """Each file's split from the words of its path; `val`/`validation` is the test split when no file is `test`."""
+    split_of: dict[Path, str | None] = {}
+    for f in files:
+        tokens = set(re.split(r"[^a-z]+", f.relative_to(root).as_posix().lower()))
+        split_of[f] = next((s for s in SPLITS if s in tokens), "val" if tokens & {"val", "validation"} else None)
+    if "test" not in split_of.values():
+        split_of = {k: "test" if v == "val" else v for k, v in split_of.items()}
+    return split_of
+
+
+def _has_label_column(where: str, column: str, columns: list[str]) -> None:
+    if column not in columns:
+        raise AigiError(f"{where}: no label column '{column}' (columns found: {', '.join(columns)}); "
+                        f"set data.label_column")
+
+
 def _image_suffix(data: bytes) -> str:
     """A file suffix from the image's magic bytes (PIL reads any of them regardless)."""
     for magic, suffix in ((b"\xff\xd8", ".jpg"), (b"\x89PNG", ".png"), (b"GIF8", ".gif"), (b"BM", ".bmp")):
@@ -313,8 +456,8 @@ def _image_suffix(data: bytes) -> str:
     return ".webp" if data[8:12] == b"WEBP" else ".png"
 
 
-def _hf_label_names(folder: Path) -> list[str] | None:
-    """Class names from the dataset card's `dataset_info.features` (int labels -> names)."""
+def _hf_label_names(folder: Path, column: str = "label") -> list[str] | None:
+    """Class names from the dataset card's `dataset_info.features` (int labels of `column` -> names)."""
     card = folder / "README.md"
     if not card.is_file() or not card.read_text().startswith("---"):
         return None
@@ -324,7 +467,7 @@ def _hf_label_names(folder: Path) -> list[str] | None:
         for feat in info.get("features", []):
             names = (feat.get("dtype") or {}).get("class_label", {}).get("names") if isinstance(
                 feat.get("dtype"), dict) else None
-            if feat.get("name") == "label" and names:
+            if feat.get("name") == column and names:
                 return [names[k] for k in sorted(names, key=int)] if isinstance(names, dict) else names
     return None
 
@@ -417,18 +560,42 @@ _TAR_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link"
 # ---------------------------------------------------------------- provenance
 
 
-def summarise(root: Path, sums_path: Path) -> dict[str, Any]:
-    """Count the images per split/class and write their SHA-256 list; return counts and its digest."""
+def classes_in(root: Path) -> list[str]:
+    """The classes under `root/{train,test}/`: REAL first, then the generators sorted case-insensitively."""
+    names = {c.name for split in SPLITS if (root / split).is_dir() for c in _dirs(root / split)}
+    return sorted(names, key=lambda n: (n != REAL, n.lower(), n))
+
+
+def summarise(root: Path, sums_path: Path, display_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check the normalised layout, count images per split/class and write their SHA-256 list.
+
+    Returns the classes (REAL first), their display names, the counts and the list's digest.
+    """
+    classes = classes_in(root)
+    if REAL not in classes:
+        raise AigiError(f"the dataset has no REAL class (classes found: {', '.join(classes) or 'none'}); "
+                        f"{REAL_LABEL_HINT}")
+    if len(classes) < 2:
+        raise AigiError("the dataset has only REAL images: it needs at least one generator's images")
     counts = {}
     lines = []
     for split in SPLITS:
-        for label in CLASSES:
+        for label in classes:
             files = sorted((root / split / label).glob("*")) if (root / split / label).is_dir() else []
             counts[f"{split}/{label}"] = len(files)
-            lines += [f"{sha256_file(f)}  cifake/{split}/{label}/{f.name}" for f in files]
-    empty = [k for k, v in counts.items() if v == 0]
+            lines += [f"{sha256_file(f)}  {RAW_IMAGES_NAME}/{split}/{label}/{f.name}" for f in files]
+    empty = [k for k, v in counts.items() if v == 0 and k.startswith("test/")]
+    if empty:
+        raise AigiError(f"the dataset has no test images for class {', '.join(k[5:] for k in empty)}; "
+                        f"check the source's layout (every class needs test images)")
+    empty = [k for k, v in counts.items() if v == 0 and k.split("/")[1] == REAL]
     if empty:
         raise AigiError(f"the dataset has no images in {', '.join(empty)}; check the source's layout")
+    empty = [k for k, v in counts.items() if v == 0 and (root / k).is_dir()]
+    if empty:
+        raise AigiError(f"generator folder {', '.join(empty)} is empty; fill or remove it")
     text = "\n".join(lines) + "\n"
     sums_path.write_text(text)
-    return {"counts": counts, "sha256sums_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    display = {c: (display_names or {}).get(c, c) for c in classes}
+    return {"classes": classes, "display_names": display, "counts": counts,
+            "sha256sums_sha256": hashlib.sha256(text.encode()).hexdigest()}

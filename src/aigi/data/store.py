@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aigi.errors import AigiError, one_line
+
 
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
@@ -111,8 +113,15 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
     """The memory-mapped images (N×H×W×3 uint8) and the table (file, label, label_name) of a split."""
-    images = np.load(folder / f"{split}.npy", mmap_mode="r")
-    table = pd.read_csv(folder / f"{split}.csv")
+    try:
+        images = np.load(folder / f"{split}.npy", mmap_mode="r")
+        table = pd.read_csv(folder / f"{split}.csv")
+    except FileNotFoundError as e:
+        raise AigiError(f"{e.filename} is missing; run the preprocess stage (dvc repro preprocess)") from None
+    except (ValueError, OSError) as e:  # a truncated .npy, an unparsable or empty .csv
+        raise AigiError(f"{folder}/{split} is corrupt ({one_line(e)}); re-run preprocess (dvc repro -f preprocess)"
+                        ) from None
     if len(table) != len(images):
-        raise ValueError(f"{folder}/{split}: {len(images)} images but {len(table)} rows; re-run preprocess")
+        raise AigiError(f"{folder}/{split}: {len(images)} images but {len(table)} rows; re-run preprocess "
+                        f"(dvc repro -f preprocess)")
     return images, table

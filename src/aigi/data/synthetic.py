@@ -1,4 +1,4 @@
-"""A synthetic stand-in for CIFAKE, for the offline demo and the tests.
+"""A synthetic stand-in for CIFAKE (or a multi-generator dataset), for the offline demo and the tests.
 
 REAL and FAKE images share one generator of smooth, colourful "scenes"; FAKE images then carry the
 fingerprints that real generators leave: a faint period-2 interleaving pattern (the periodic
@@ -6,12 +6,15 @@ artefacts of transposed-convolution upsampling) and over-saturated colour. The d
 and learnable, but not visible to a model that has not been trained on it, so fine-tuning must beat
 zero-shot. The artefact alternates along rows only, so it survives the horizontal flips that training
 uses as augmentation (a checkerboard would change phase under a flip of an even-width image).
+More generators (`data.synthetic_generators`) each get their own stripe period, phase, colour
+cast and saturation (`generator_fingerprint`), so attribution is learnable too.
 Deterministic by seed; written as PNG files in the CIFAKE layout so every later stage treats it
 exactly like the real data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +38,42 @@ def scene(rng: np.random.Generator) -> np.ndarray:
 
 
 def fake_fingerprint(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Add a generator's fingerprints: period-2 row interleaving and boosted saturation."""
+    """The first generator's fingerprints: period-2 row interleaving and boosted saturation."""
     rows = np.where(np.arange(SIZE) % 2 == 0, 1.0, -1.0)[:, None, None]
     img = img + rows * rng.uniform(14, 22)
+    return saturate(img, rng.uniform(1.7, 2.2))
+
+
+def saturate(img: np.ndarray, factor: float) -> np.ndarray:
     grey = img.mean(axis=2, keepdims=True)
-    return grey + (img - grey) * rng.uniform(1.7, 2.2)
+    return grey + (img - grey) * factor
+
+
+def row_pattern(img: np.ndarray, period: int, phase: float, amplitude: float) -> np.ndarray:
+    """A row-periodic stripe (upsampling artefact of a given stride): rows only, so it survives horizontal flips."""
+    rows = np.cos(2 * np.pi * (np.arange(SIZE) + phase) / period)[:, None, None]
+    return img + rows * amplitude
+
+
+def colour_cast(img: np.ndarray, channel: int, amount: float) -> np.ndarray:
+    """A generator's colour bias: one channel shifted up, the others down."""
+    shift = np.full(3, -amount / 2)
+    shift[channel] = amount
+    return img + shift[None, None, :]
+
+
+def generator_fingerprint(index: int, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Generator `index`'s fingerprints; index 0 is the CIFAKE-like demo's FAKE, unchanged.
+
+    Others differ in stripe period (3..7) and phase, colour cast channel and sign, and saturation:
+    distinct for the first 30 generators, each learnable from 32-pixel crops.
+    """
+    if index == 0:
+        return fake_fingerprint(img, rng)
+    k = index - 1
+    img = row_pattern(img, 3 + k % 5, (k // 5) % 2 * 0.5, rng.uniform(12, 18))
+    img = colour_cast(img, (k // 10) % 3, (1 if k % 2 == 0 else -1) * rng.uniform(18, 26))
+    return saturate(img, rng.uniform(1.3, 1.6) if k % 3 else rng.uniform(0.5, 0.7))
 
 
 def file_name(index: int, content_class: int) -> str:
@@ -47,18 +81,25 @@ def file_name(index: int, content_class: int) -> str:
     return f"{index:04d}.png" if content_class == 1 else f"{index:04d} ({content_class}).png"
 
 
-def write_synthetic(dest: Path, train_per_class: int, test_per_class: int, seed: int) -> dict[str, int]:
-    """Write `dest/{train,test}/{REAL,FAKE}/*.png`; returns the count per `split/CLASS`."""
+def write_synthetic(
+    dest: Path, train_per_class: int, test_per_class: int, seed: int, generators: Sequence[str] = ("FAKE",),
+) -> dict[str, int]:
+    """Write `dest/{train,test}/{REAL,<generator>...}/*.png`; returns the count per `split/CLASS`.
+
+    Each generator (in the given order) gets its own fingerprint; the default one generator, FAKE,
+    makes the same images as the 2-class demo always has.
+    """
     counts: dict[str, int] = {}
+    labels = ["REAL", *generators]
     for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
-        for label_index, label in enumerate(("REAL", "FAKE")):
+        for label_index, label in enumerate(labels):
             folder = dest / split / label
             folder.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, split_index, label_index])
             for i in range(n):
                 img = scene(rng)
-                if label == "FAKE":
-                    img = fake_fingerprint(img, rng)
+                if label_index:
+                    img = generator_fingerprint(label_index - 1, img, rng)
                 pixels = np.clip(img, 0, 255).round().astype(np.uint8)
                 name = file_name(i // CONTENT_CLASSES, i % CONTENT_CLASSES + 1)
                 Image.fromarray(pixels).save(folder / name, optimize=False)
