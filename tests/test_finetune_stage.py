@@ -136,7 +136,7 @@ def test_torchrun_two_gloo_processes_train_and_save_once(tmp_path, processed, tr
     client = mlflow.MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("finetune-stage-test-ddp").experiment_id])
     assert len(runs) == 1
-    assert metric_steps(tracking, runs[0].info.run_id, "val_accuracy") == [1, 2]
+    assert metric_steps(tracking, runs[0].info.run_id, "accuracy/val") == [1, 2]
 
 
 def test_a_checkpoint_of_other_code_or_a_deleted_run_is_not_resumed(tmp_path, processed, tracking):
