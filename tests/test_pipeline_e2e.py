@@ -211,7 +211,7 @@ def test_param_edit_in_the_copy_reruns_into_the_same_store(project, tmp_path):
     empty = f"sqlite:///{tmp_path / 'other.db'}"
     res = subprocess.run([sys.executable, "stages/report.py"], cwd=root, capture_output=True, text=True,
                          env={**env, "MLFLOW_TRACKING_URI": empty})
-    run_id = (root / "models" / "finetuned" / "run_id").read_text().strip()
+    run_id = json.loads((root / "models" / "run.json").read_text())["run_id"]
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("error: MLflow run") and run_id in line and empty in line
