@@ -35,6 +35,7 @@ def main() -> None:
                 "Robustness": PLOTS / "robustness" / "robustness.png",
             },
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
+            saliency=(_json(METRICS / "saliency.json"), PLOTS / "explain" / "grid.png"),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
         )
     with tracking.model_run(p, RUN_JSON):

@@ -57,7 +57,7 @@ def project(tmp_path_factory):
 
 def test_first_repro_runs_every_stage(project):
     _, _, ran = project
-    assert ran == ["download", "preprocess", "zeroshot", "finetune", "evaluate", "report"]
+    assert ran == ["download", "preprocess", "zeroshot", "finetune", "evaluate", "explain", "report"]
 
 
 def test_metrics_and_fine_tuning_beats_zero_shot(project):
@@ -74,9 +74,13 @@ def test_metrics_and_fine_tuning_beats_zero_shot(project):
     assert list(robust) == ["jpeg_q90", "jpeg_q70", "jpeg_q50", "jpeg_q30", "blur_sigma0.5", "blur_sigma1",
                             "blur_sigma2", "rescale_0.75", "rescale_0.5"]
     assert all(r["n"] == 400 and 0 <= r["accuracy"] <= 1 and "ci95" in r for r in robust.values())
+    sal = json.loads((root / "metrics" / "saliency.json").read_text())
+    assert sal["n"] == 400 and list(sal["border_share"]["finetuned"]) == ["all", "REAL", "FAKE"]
+    assert all(0 <= v <= 1 for shares in sal["border_share"].values() for v in shares.values())
     for path in ("plots/eval/roc.csv", "plots/eval/confusion.csv", "plots/zeroshot/pr.csv",
                  "plots/robustness/robustness.csv", "plots/robustness/robustness.png",
                  "plots/train/loss.csv", "plots/train/accuracy.csv", "models/finetuned/detector.json",
+                 "plots/explain/grid.png",
                  "data/raw/SOURCE.json", "data/processed/manifest.json"):
         assert (root / path).is_file(), path
     assert not (root / "models" / "checkpoints" / "finetune.pt").exists()  # only declared outs remain
@@ -88,6 +92,7 @@ def test_report_is_self_contained(project):
     html = (root / "reports" / "report.html").read_text()
     assert "Zero-shot vs fine-tuned" in md and "| accuracy |" in md
     for section in ("## Data", "## Robustness (fine-tuned)", "| blur_sigma2 |", "## Accuracy per subject",
+                    "## Where the models look (Grad-CAM)", "assets/saliency-grid.png",
                     "## Most confident mistakes", "models:/aigi-demo-detector@newest", "## Params"):
         assert section in md, section
     assert "data:image/png;base64," in html
@@ -123,7 +128,9 @@ def test_mlflow_run_holds_params_metrics_and_model(project):
     assert {"finetuned", "plots", "report", "metrics"} <= artifacts
     model_files = {a.path for a in client.list_artifacts(run.info.run_id, "finetuned")}
     assert "finetuned/head.safetensors" in model_files and "finetuned/clip" in model_files
-    assert {"robust_jpeg_q50_accuracy", "robust_blur_sigma2_roc_auc"} <= set(m)
+    assert {"robust_jpeg_q50_accuracy", "robust_blur_sigma2_roc_auc", "test_saliency_border_share_FAKE",
+            "zeroshot_saliency_border_share"} <= set(m)
+    assert "plots/explain/grid.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots/explain")}
     version = client.get_model_version_by_alias("aigi-demo-detector", "newest")
     assert int(version.version) == 1 and version.run_id == run.info.run_id
 
@@ -176,7 +183,7 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ran = re.findall(r"Running stage '(\w+)'", res.stdout)
-    assert ran == ["finetune", "evaluate", "report"]
+    assert ran == ["finetune", "evaluate", "explain", "report"]
     runs = _runs(root)
     assert len(runs) == 2
     names = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=root, env=env,
@@ -184,7 +191,7 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     assert max(runs, key=lambda r: r.info.start_time).info.run_name in names  # the MLflow run has the exp's name
     show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=env,
                           capture_output=True, text=True)
-    assert show.returncode == 0 and "metrics/eval.json" in show.stdout
+    assert show.returncode == 0 and "metrics/eval.json" in show.stdout and "metrics/saliency.json" in show.stdout
     diff = subprocess.run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], cwd=root, env=env,
                           capture_output=True, text=True)
     assert diff.returncode == 0, diff.stderr[-2000:]

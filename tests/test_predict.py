@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import write_images
+from PIL import Image
 
 from aigi import cli
 from aigi.data.images import load_rgb, to_model_input
@@ -89,3 +90,22 @@ def test_cli_without_a_model_is_a_clear_error(monkeypatch, capsys, tmp_path, inp
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     code, _, err = _run(monkeypatch, capsys, str(pngs[0]))
     assert code == 1 and "models/finetuned: not a saved aigi model" in err and "Traceback" not in err
+
+
+def test_cli_explain_writes_one_png_per_readable_input(tiny_model_dir, inputs, monkeypatch, capsys, tmp_path):
+    folder, pngs, jpgs = inputs
+    shown = tmp_path / "explain"
+    code, out, _ = _run(monkeypatch, capsys, str(folder), "--model", str(tiny_model_dir), "--batch-size", "2",
+                        "--explain", str(shown))
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 1  # broken.png
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 5 and all(r["explain"] for r in good) and not any(r["explain"] for r in rows if r["error"])
+    written = sorted(shown.iterdir())
+    assert sorted(r["explain"] for r in good) == [str(p) for p in written] and len(written) == 5
+    for row in good:
+        with Image.open(row["explain"]) as png:
+            assert png.size == (2 * 256, 256)  # the 64 px input beside its overlay, 4× nearest neighbour
+    # same names in two folders do not overwrite each other
+    names = {r["path"]: r["explain"] for r in good}
+    assert names[str(pngs[0])] != names[str(jpgs[0])]

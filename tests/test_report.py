@@ -69,3 +69,20 @@ def test_html_lists_tables_and_code_are_well_formed(tmp_path):
     assert "<ul>\n<li>one <code>x&lt;y</code></li>\n<li>two</li>\n</ul>" in out
     assert out.count("<li>") == out.count("</li>") == 2 and out.index("<ul>") < out.index("<li>")
     assert "<table>" in out and "<td>1</td>" in out and "k: &lt;v&gt;" in out
+
+
+def test_report_embeds_the_saliency_grid_and_border_share(tmp_path):
+    grid = tmp_path / "grid.png"
+    Image.new("RGB", (40, 20), "blue").save(grid)
+    result = {"border_fraction": 0.125, "uniform_border_share": 0.4375, "n": 400,
+              "border_share": {"finetuned": {"all": 0.61, "REAL": 0.3, "FAKE": 0.9},
+                               "zeroshot": {"all": 0.44, "REAL": 0.43, "FAKE": 0.45}}}
+    out = tmp_path / "reports"
+    report.build(out, Params(), **_inputs(tmp_path), saliency=(result, grid))
+    md = (out / "report.md").read_text()
+    assert "## Where the models look (Grad-CAM)" in md
+    assert "![Saliency grid](assets/saliency-grid.png)" in md and (out / "assets" / "saliency-grid.png").is_file()
+    assert "| FAKE | 0.900 | 0.450 |" in md and "| uniform (looks everywhere) | 0.438 | 0.438 |" in md
+    assert "outer 12.5% of each side" in md and "400 test images" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == md.count("![")

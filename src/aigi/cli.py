@@ -89,19 +89,21 @@ def _predict(args: argparse.Namespace) -> int:
     if threshold is None:
         project = _project_params()
         threshold = project.evaluate.threshold if project else 0.5
-    rows = progress(predict_paths(detector, files, args.batch_size, threshold, args.max_pixels), total=len(files),
-                    desc="predict", unit="img", file=sys.stderr)
+    explain = Path(args.explain) if args.explain else None
+    rows = progress(predict_paths(detector, files, args.batch_size, threshold, args.max_pixels, explain),
+                    total=len(files), desc="predict", unit="img", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
-        failed = write_rows(rows, out, args.format)
+        failed = write_rows(rows, out, args.format, explain is not None)
     if failed:
         print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 
-def write_rows(rows, out, fmt: str) -> int:
+def write_rows(rows, out, fmt: str, explain: bool = False) -> int:
     """Write prediction rows as CSV or JSON lines; unreadable files also go to stderr. Returns their count."""
-    writer = csv.DictWriter(out, ["path", "p_fake", "label", "error"]) if fmt == "csv" else None
+    columns = ["path", "p_fake", "label", *(["explain"] if explain else []), "error"]
+    writer = csv.DictWriter(out, columns) if fmt == "csv" else None
     if writer:
         writer.writeheader()
     failed = 0
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: evaluate.threshold of the project's params.yaml, else 0.5)")
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help="refuse larger images (decompression bombs)")
+    p.add_argument("--explain", metavar="DIR", help="also write a Grad-CAM PNG per readable image into DIR "
+                   "(image beside its heatmap overlay); the row gains its path in the `explain` column")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_predict)
     return parser

@@ -49,6 +49,7 @@ class DataParams(Section):
     sha256: str | None = None  # expected SHA-256 of the `url` archive (optional)
     synthetic_train_per_class: Annotated[int, Field(gt=0)] = 600
     synthetic_test_per_class: Annotated[int, Field(gt=0)] = 200
+    synthetic_artifact_region: Literal["full", "center", "corner"] = "full"  # where FAKE carries its fingerprint
     synthetic_generators: Annotated[list[ClassName], Field(min_length=1)] = Field(default_factory=lambda: ["FAKE"])
     layout: Literal["auto", "folder", "genimage", "label_column"] = "auto"
     real_class: Annotated[str, Field(min_length=1)] = "REAL"  # folder layout: the real images' folder (any case)
@@ -167,6 +168,15 @@ class EvaluateParams(Section):
         return _generators(v, "unseen_generators")
 
 
+class ExplainParams(Section):
+    """Grad-CAM saliency (src/aigi/saliency.py): the report's grid and the border-share metric."""
+
+    examples: Annotated[int, Field(ge=1, le=8)] = 2  # per class and model: most confident correct, and mistakes
+    max_images: Annotated[int, Field(gt=0)] | None = 500  # seeded test subset for the border share; null = all
+    border_fraction: Annotated[float, Field(gt=0, lt=0.5)] = 0.125  # border = outer 1/8 of each side
+    batch_size: Annotated[int, Field(gt=0)] = 64
+
+
 class ReportParams(Section):
     mistakes_shown: Annotated[int, Field(ge=0)] = 16
 
@@ -193,6 +203,7 @@ class Params(Section):
     zeroshot: ZeroshotParams = ZeroshotParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    explain: ExplainParams = ExplainParams()
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
 

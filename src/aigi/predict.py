@@ -38,10 +38,13 @@ def expand(inputs: Iterable[str]) -> list[Path]:
 
 def predict_images(
     detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray], batch_size: int = 64,
-) -> Iterator[tuple[T, float | None, str]]:
+    explain: Callable[[list[T], np.ndarray], list[Any]] | None = None,
+) -> Iterator[tuple]:
     """(item, P(fake), "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
 
     Decodes, resizes and scores one batch at a time, so memory is bounded by the batch, not the input.
+    `explain(items, model_inputs)`, when given, is called once per batch with its readable items and
+    returns one value per item, yielded as a fourth element (None for an unreadable item).
     """
     for start in range(0, len(items), batch_size):
         decoded: list[tuple[T, np.ndarray | None, str]] = []
@@ -51,9 +54,15 @@ def predict_images(
             except BadImage as e:
                 decoded.append((item, None, str(e)))
         good = [img for _, img, _ in decoded if img is not None]
-        probs = iter(predict_proba(detector, to_model_input(good, detector.image_size), batch_size) if good else ())
+        pixels = to_model_input(good, detector.image_size)
+        probs = iter(predict_proba(detector, pixels, batch_size) if good else ())
+        if explain is None:
+            for item, img, err in decoded:
+                yield (item, None, err) if img is None else (item, float(next(probs)), "")
+            continue
+        extra = iter(explain([item for item, img, _ in decoded if img is not None], pixels) if good else ())
         for item, img, err in decoded:
-            yield (item, None, err) if img is None else (item, float(next(probs)), "")
+            yield (item, None, err, None) if img is None else (item, float(next(probs)), "", next(extra))
 
 
 def label_of(p_fake: float, threshold: float) -> str:
@@ -62,11 +71,45 @@ def label_of(p_fake: float, threshold: float) -> str:
 
 def predict_paths(
     detector: Detector, files: list[Path], batch_size: int = 64, threshold: float = 0.5,
-    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS, explain_dir: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per file: path, p_fake, label, or path and error when the file cannot be read."""
-    for f, p, err in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size):
+    """One row per file: path, p_fake, label, or path and error when the file cannot be read.
+
+    With `explain_dir`, each readable file also gets a Grad-CAM PNG there, named in the row's `explain`."""
+    explain = overlay_writer(detector, explain_dir, threshold) if explain_dir is not None else None
+    for f, p, err, *png in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size, explain):
         if p is None:
             yield {"path": str(f), "error": err}
         else:
-            yield {"path": str(f), "p_fake": round(p, 6), "label": label_of(p, threshold)}
+            yield {"path": str(f), "p_fake": round(p, 6), "label": label_of(p, threshold), **(
+                {"explain": png[0]} if png else {})}
+
+
+def overlay_writer(
+    detector: Detector, folder: Path, threshold: float = 0.5, min_side: int = 256,
+) -> Callable[[list[Path], np.ndarray], list[str]]:
+    """For `predict_images(explain=...)`: writes `<stem>.saliency.png` (the image the model saw beside its
+    Grad-CAM overlay, upscaled by nearest neighbour to at least `min_side` px) per file; returns the paths.
+    Names that repeat (same stem in two folders) get -2, -3, ... in input order."""
+    from PIL import Image
+
+    from aigi.saliency import overlay, saliency_maps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    used: dict[str, int] = {}
+
+    def write(files: list[Path], pixels: np.ndarray) -> list[str]:
+        maps = saliency_maps(detector, pixels, len(pixels), threshold)
+        scale = -(-min_side // pixels.shape[1])
+        paths = []
+        for f, img, heat in zip(files, pixels, maps, strict=True):
+            used[f.stem] = used.get(f.stem, 0) + 1
+            name = f.stem + (f"-{used[f.stem]}" if used[f.stem] > 1 else "") + ".saliency.png"
+            side_by_side = np.concatenate([img.repeat(scale, 0).repeat(scale, 1), overlay(img, heat, scale=scale)], 1)
+            partial = folder / (name + ".partial")
+            Image.fromarray(side_by_side).save(partial, format="PNG")
+            partial.replace(folder / name)  # never a half-written PNG under the final name
+            paths.append(str(folder / name))
+        return paths
+
+    return write

@@ -85,6 +85,42 @@ def content_class_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> 
     return "\n".join(rows)
 
 
+def saliency_table(result: dict[str, Any]) -> str:
+    """Border share of Grad-CAM mass per class, fine-tuned vs zero-shot."""
+    shares = result["border_share"]
+    ft, zs = shares.get("finetuned", {}), shares.get("zeroshot", {})
+    rows = ["| class | fine-tuned | zero-shot |", "|---|---|---|"]
+    rows += [f"| {'all' if name == 'all' else name} | {ft[name]:.3f} | {zs.get(name, float('nan')):.3f} |"
+             for name in ft]
+    rows.append(f"| uniform (looks everywhere) | {result['uniform_border_share']:.3f} | "
+                f"{result['uniform_border_share']:.3f} |")
+    return "\n".join(rows)
+
+
+def _saliency_lines(result: dict[str, Any], grid: Path, assets: Path) -> list[str]:
+    lines = [
+        "## Where the models look (Grad-CAM)",
+        "",
+        "Grad-CAM on the patch tokens entering the image tower's last block, for each model's own decision "
+        "(log-odds of fake vs REAL, or the reverse for an image called REAL): red is what pushed the model to its "
+        "answer. Per class, the most confident correct images, then the most confident mistakes (detection); "
+        "each as the image the model saw and its overlay.",
+        "",
+    ]
+    if line := _copy_figure(grid, assets, "Saliency grid"):
+        lines += [line, ""]
+    pct = round(100 * result["border_fraction"], 1)
+    lines += [
+        f"Share of saliency mass in the border (the outer {pct:g}% of each side) over {result['n']:,} test images. "
+        "A model that looks at the object scores below the uniform share; far above it means the border "
+        "(framing, padding, resize edges) drives the decision: a shortcut.",
+        "",
+        saliency_table(result),
+        "",
+    ]
+    return lines
+
+
 def _data_lines(source: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     splits, dup = manifest["splits"], manifest["duplicates"]
     return [
@@ -123,11 +159,13 @@ def build(
     figures: dict[str, Path],
     mistakes: tuple[pd.DataFrame, np.ndarray],
     model: dict[str, str],
+    saliency: tuple[dict[str, Any], Path] | None = None,
 ) -> None:
     """Write report.md, its PNGs and report.html into `out` (an empty folder).
 
     `figures` maps titles to PNGs: training curves, score curves, and "Robustness" for the perturbation
-    plot; `model` holds the MLflow run id and the registered model URI.
+    plot; `model` holds the MLflow run id and the registered model URI; `saliency` is metrics/saliency.json
+    and the Grad-CAM grid PNG.
     """
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
@@ -181,6 +219,8 @@ def build(
             table,
             "",
         ]
+    if saliency:
+        md += _saliency_lines(*saliency, assets)
     md += ["## Most confident mistakes (fine-tuned)", ""]
     if shown:
         images = "test image" if shown == 1 else "test images"

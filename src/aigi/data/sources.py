@@ -78,7 +78,7 @@ def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
 
 def fetch_synthetic(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     write_synthetic(out, params.synthetic_train_per_class, params.synthetic_test_per_class, seed,
-                    params.synthetic_generators)
+                    params.synthetic_generators, params.synthetic_artifact_region)
     return {"id": "aigi-synthetic", "version": f"seed={seed}"}
 
 

@@ -76,6 +76,25 @@ def generator_fingerprint(index: int, img: np.ndarray, rng: np.random.Generator)
     return saturate(img, rng.uniform(1.3, 1.6) if k % 3 else rng.uniform(0.5, 0.7))
 
 
+REGIONS = ("full", "center", "corner")
+
+
+def region_mask(region: str) -> np.ndarray:
+    """Where FAKE images carry their fingerprint: the whole image, the central half of each side
+    (16×16 of 32), or the top-left quarter (16×16); lets a test check where saliency points."""
+    mask = np.zeros((SIZE, SIZE, 1), dtype=np.float32)
+    half = SIZE // 2
+    if region == "full":
+        mask[:] = 1
+    elif region == "center":
+        mask[half // 2 : half // 2 + half, half // 2 : half // 2 + half] = 1
+    elif region == "corner":
+        mask[:half, :half] = 1
+    else:
+        raise ValueError(f"artifact region must be one of {', '.join(REGIONS)}, got {region!r}")
+    return mask
+
+
 def file_name(index: int, content_class: int) -> str:
     """CIFAKE's naming (as PNG): `0007.png` for content class 1, `0007 (k).png` for k = 2..10."""
     return f"{index:04d}.png" if content_class == 1 else f"{index:04d} ({content_class}).png"
@@ -83,12 +102,15 @@ def file_name(index: int, content_class: int) -> str:
 
 def write_synthetic(
     dest: Path, train_per_class: int, test_per_class: int, seed: int, generators: Sequence[str] = ("FAKE",),
+    artifact_region: str = "full",
 ) -> dict[str, int]:
     """Write `dest/{train,test}/{REAL,<generator>...}/*.png`; returns the count per `split/CLASS`.
 
     Each generator (in the given order) gets its own fingerprint; the default one generator, FAKE,
-    makes the same images as the 2-class demo always has.
+    makes the same images as the 2-class demo always has. `artifact_region` confines every
+    generator's fingerprint to part of the image (see `region_mask`).
     """
+    mask = region_mask(artifact_region)
     counts: dict[str, int] = {}
     labels = ["REAL", *generators]
     for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
@@ -99,7 +121,7 @@ def write_synthetic(
             for i in range(n):
                 img = scene(rng)
                 if label_index:
-                    img = generator_fingerprint(label_index - 1, img, rng)
+                    img = img + mask * (generator_fingerprint(label_index - 1, img, rng) - img)
                 pixels = np.clip(img, 0, 255).round().astype(np.uint8)
                 name = file_name(i // CONTENT_CLASSES, i % CONTENT_CLASSES + 1)
                 Image.fromarray(pixels).save(folder / name, optimize=False)
