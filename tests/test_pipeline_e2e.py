@@ -168,7 +168,7 @@ def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_
     (root / "params.yaml").write_text(yaml.safe_dump(p))
     try:
         ran, _ = _repro(root, env)
-        assert ran == ["evaluate", "report"]  # no retraining: same weights, same registry version, alias kept
+        assert ran == ["evaluate", "explain", "report"]  # no retraining: same weights, registry version, alias
         client = mlflow.MlflowClient(_store(root))
         assert [int(v.version) for v in client.search_model_versions("name = 'aigi-demo-detector'")] == [1]
         assert int(client.get_model_version_by_alias("aigi-demo-detector", "newest").version) == 1
