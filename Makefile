@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo compare test lint bench ui clean-demo
+.PHONY: venv repro demo demo-multigen compare test lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: venv
 compare: venv
 	aigi compare
 
+# Attribution offline: three synthetic generators, one of them (VAE) held out of training.
+demo-multigen: venv
+	aigi demo --dir demo-multigen --generators GAN,DIFFUSION,VAE --unseen VAE
+
 test: venv
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q
 
@@ -43,4 +47,4 @@ ui: venv
 	aigi ui
 
 clean-demo:
-	rm -rf demo
+	rm -rf demo demo-multigen

@@ -42,6 +42,9 @@ def main() -> None:
     print(f"evaluate: accuracy={result['accuracy']:.4f} (zero-shot {zeroshot['accuracy']:.4f}), "
           f"roc_auc={result['roc_auc']:.4f}" + (f"; hardest perturbation {worst[0]}: "
                                                 f"accuracy={worst[1]['accuracy']:.4f}" if worst else ""))
+    if att := result.get("attribution"):
+        print(f"evaluate: attribution accuracy={att['accuracy']:.4f} macro_f1={att['macro_f1']:.4f} "
+              f"(zero-shot {zeroshot['attribution']['accuracy']:.4f})")
     print(f"evaluate: these weights are models:/{version.name}/{version.version} "
           f"(a new version only for new weights; alias {p.mlflow.model_alias})")
 

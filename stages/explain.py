@@ -7,6 +7,7 @@ import mlflow
 import pandas as pd
 
 from aigi import device, params, saliency, tracking
+from aigi.classes import manifest_prompts
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import create_detector, load_detector
@@ -18,9 +19,10 @@ def main() -> None:
     p = params.load()
     dev = device.resolve(p.model.device)
     images, table = load_split(PROCESSED, "test")
+    prompts = manifest_prompts(json.loads((PROCESSED / "manifest.json").read_text()), p.zeroshot)  # as zeroshot
     models = {
         "fine-tuned": (load_detector(MODEL_DIR, dev)[0], pd.read_csv(PLOTS / "eval" / "predictions.csv")),
-        "zero-shot": (create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, dev, seed=p.seed),
+        "zero-shot": (create_detector(p.model.arch, p.model.pretrained, prompts, dev, seed=p.seed),
                       pd.read_csv(PLOTS / "zeroshot" / "predictions.csv")),
     }
     with atomic_dir(PLOTS / "explain") as out:

@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 
 from aigi import device, distributed, params, tracking
+from aigi.classes import from_manifest, manifest_prompts
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
@@ -26,7 +27,7 @@ def fingerprint(p: params.Params, world_size: int) -> str:
     """What a checkpoint must match to be resumed: the params this stage reads, the data, the code and
     library versions, the process count."""
     keys = {"code": code_fingerprint(Path(__file__)), "seed": p.seed, "model": p.model.model_dump(),
-            "prompts": p.zeroshot.prompts, "finetune": p.finetune.model_dump(),
+            "prompts": p.zeroshot.model_dump(exclude={"batch_size"}), "finetune": p.finetune.model_dump(),
             "data": (PROCESSED / "manifest.json").read_text(), "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
@@ -44,7 +45,9 @@ def main() -> None:
 def run(p: params.Params, world: distributed.World, dev) -> None:
     train_images, train_table = load_split(PROCESSED, "train")
     val_images, val_table = load_split(PROCESSED, "val")
-    detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, dev, seed=p.seed)
+    manifest = json.loads((PROCESSED / "manifest.json").read_text())
+    prompts = manifest_prompts(manifest, p.zeroshot)  # keys: the classes, REAL first
+    detector = create_detector(p.model.arch, p.model.pretrained, prompts, dev, seed=p.seed)
 
     fp = fingerprint(p, world.size)
     resume = load_checkpoint(CHECKPOINT, fp)
@@ -60,7 +63,7 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
 
         result = train(
             detector, (train_images, train_table["label"].to_numpy()), (val_images, val_table["label"].to_numpy()),
-            p.finetune, p.zeroshot.prompts, p.seed, checkpoint=CHECKPOINT, fingerprint=fp, resume=resume,
+            p.finetune, prompts, p.seed, checkpoint=CHECKPOINT, fingerprint=fp, resume=resume,
             on_epoch=log_epoch, extra_state={"run_id": mlrun.info.run_id if mlrun else None}, world=world,
         )
         if not world.is_main:
@@ -68,7 +71,8 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
         with atomic_dir(MODEL_DIR) as out:
             save_detector(detector, out, {
                 "arch": p.model.arch, "pretrained": p.model.pretrained, "method": p.finetune.method,
-                "prompts": p.zeroshot.prompts, "best_epoch": result.best_epoch, "wise_alpha": p.finetune.wise_alpha,
+                "display_names": from_manifest(manifest)[1], "prompts": prompts, "best_epoch": result.best_epoch,
+                "wise_alpha": p.finetune.wise_alpha,
             })
         tracking.write_run_file(RUN_JSON, mlrun.info.run_id)  # beside the model: same weights, same DVC hash
         write_training_curves(PLOTS / "train", result.history)

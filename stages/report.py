@@ -33,6 +33,7 @@ def main() -> None:
                 "Zero-shot: ROC, precision-recall, confusion": PLOTS / "zeroshot" / "curves.png",
                 "Fine-tuned: ROC, precision-recall, confusion": PLOTS / "eval" / "curves.png",
                 "Robustness": PLOTS / "robustness" / "robustness.png",
+                "Attribution": PLOTS / "eval" / "attribution_confusion.png",
             },
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
             saliency=(_json(METRICS / "saliency.json"), PLOTS / "explain" / "grid.png"),

@@ -41,6 +41,23 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+MULTIGEN_CLASSES = ["REAL", "DCGAN", "SD14", "VAE"]
+
+
+@pytest.fixture(scope="session")
+def tiny_multigen_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny detector with four classes (REAL + three generators), random weights."""
+    import torch
+
+    from aigi.model import TINY, create_detector, save_detector
+
+    prompts = {c: [f"an image of class {c}."] for c in MULTIGEN_CLASSES}
+    detector = create_detector(TINY, "none", prompts, torch.device("cpu"), seed=0)
+    folder = tmp_path_factory.mktemp("multigen-model") / "finetuned"
+    save_detector(detector, folder, {"arch": TINY, "pretrained": "none", "method": "full", "prompts": prompts})
+    return folder
+
+
 def write_images(folder: Path, count: int, size: tuple[int, int] = (32, 32), fmt: str = "png", seed: int = 0):
     """`count` random RGB images `0000.<fmt>`... in `folder`; returns their paths."""
     import numpy as np

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from aigi import metrics
 
@@ -82,6 +83,73 @@ def test_real_cifake_names_carry_all_ten_subjects():
     names = [n for n in zipfile.ZipFile(CIFAKE_SAMPLE).namelist() if n.lower().endswith(".jpg")]
     counts = Counter(metrics.content_class(n) for n in names)
     assert None not in counts and set(counts) == set(metrics.CIFAR10_CLASSES)
+
+
+# ---- several generators ------------------------------------------------------------------------------------
+
+# metrics/eval.json and zeroshot.json of a CIFAKE (2-class) run, exactly as before several generators existed.
+TWO_CLASS_KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier", "n",
+                  "threshold", "confusion", "ci95", "per_content_class"}
+
+
+def _n_way(n_per_class: int = 60, seed: int = 0):
+    """Four classes of scores that mostly pick the true class, plus 30 images of an unseen generator."""
+    rng = np.random.default_rng(seed)
+    classes = ["REAL", "A", "B", "C"]
+    labels = np.repeat(np.arange(4), n_per_class)
+    probs = rng.dirichlet(np.ones(4), len(labels))
+    probs[np.arange(len(labels)), labels] += 0.4
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = np.array(classes, dtype=object)[labels]
+    unseen = rng.dirichlet([1, 2, 2, 2], 30)
+    return (classes, np.r_[labels, np.full(30, -1)], np.r_[names, np.full(30, "D", dtype=object)],
+            np.vstack([probs, unseen]))
+
+
+def test_two_class_metrics_keep_exactly_their_keys():
+    y = np.repeat([0, 1], 20)
+    probs = np.stack([1 - np.linspace(0, 1, 40), np.linspace(0, 1, 40)], axis=1)
+    files = [f"x/{i} ({i % 10 + 1}).jpg" for i in range(40)]
+    out = metrics.evaluate_classes(["REAL", "FAKE"], y, np.array(["REAL", "FAKE"])[y], probs, 0.5, 20, 0, files)
+    assert set(out) == TWO_CLASS_KEYS
+    assert out == metrics.evaluate(y, 1 - probs[:, 0], 0.5, 20, 0, files=files)  # P(fake) = 1 − P(REAL)
+    assert set(out["ci95"]) == set(metrics.SCALARS) and set(out["confusion"]) == {"tn", "fp", "fn", "tp"}
+
+
+def test_n_way_metrics_follow_the_contract_and_match_scikit_learn():
+    classes, labels, names, probs = _n_way()
+    out = metrics.evaluate_classes(classes, labels, names, probs, 0.5, 200, 0)
+    seen = labels >= 0
+    att = out["attribution"]
+    pred = probs[seen].argmax(axis=1)
+    assert att["accuracy"] == pytest.approx(skm.accuracy_score(labels[seen], pred))
+    assert att["macro_f1"] == pytest.approx(skm.f1_score(labels[seen], pred, average="macro"))
+    for k in ("accuracy", "macro_f1"):
+        lo, hi = att["ci95"][k]
+        assert lo < att[k] < hi
+    assert set(att["per_class"]) == set(classes) and att["per_class"]["B"]["n"] == 60
+    assert att["per_class"]["B"]["recall"] == pytest.approx(skm.recall_score(labels[seen], pred, labels=[2],
+                                                                             average="macro"))
+    assert att["confusion"]["A"]["A"] == int(((labels == 1) & (probs.argmax(axis=1) == 1)).sum())
+    assert sum(sum(row.values()) for row in att["confusion"].values()) == seen.sum()
+    # Detection on the trained classes only: the unseen generator is reported apart.
+    assert out["n"] == seen.sum()
+    assert set(out["per_generator"]) == {"A", "B", "C"} and set(out["unseen"]) == {"D"}
+    row = out["per_generator"]["A"]
+    assert set(row) == {"n", "flagged_fake", "flagged_fake_ci95", "roc_auc", "roc_auc_ci95", "attribution_recall"}
+    p_fake = 1 - probs[:, 0]
+    mask = (names == "REAL") | (names == "A")
+    assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(names[mask] == "A", p_fake[mask]))
+    assert row["flagged_fake"] == pytest.approx((p_fake[names == "A"] >= 0.5).mean())
+    assert row["attribution_recall"] == att["per_class"]["A"]["recall"]
+    assert set(out["unseen"]["D"]) == {"n", "flagged_fake", "flagged_fake_ci95", "roc_auc", "roc_auc_ci95"}
+    assert out["unseen"]["D"]["n"] == 30
+
+
+def test_no_bootstrap_means_no_intervals_anywhere():
+    out = metrics.evaluate_classes(*_n_way(), 0.5, 0, 0)
+    assert "ci95" not in out and "ci95" not in out["attribution"]
+    assert not any(k.endswith("_ci95") for row in out["per_generator"].values() for k in row)
 
 
 def test_ece_is_of_the_decision_at_the_threshold():

@@ -41,7 +41,11 @@ def test_flat_params_are_dotted():
         ({"preprocess": {"val_fraction": 1.5}}, "preprocess.val_fraction: Input should be less than 1"),
         ({"data": {"source": "local"}}, "data.source 'local' needs data.path"),
         ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda, cuda:N or mps"),
-        ({"zeroshot": {"prompts": {"REAL": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for FAKE"),
+        ({"zeroshot": {"prompts": {"FAKE": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for REAL"),
+        ({"zeroshot": {"prompts": {"REAL": ["x"], "SD": []}}}, "zeroshot.prompts: needs a non-empty list of prompts "
+         "for SD"),
+        ({"zeroshot": {"generator_templates": ["made by a computer."]}}, "zeroshot.generator_templates: each template "
+         "needs exactly one {name}"),
         ({"sed": 1}, "sed: unknown key"),
     ],
 )
@@ -103,3 +107,15 @@ def test_class_params_are_upper_case_like_the_data():
                       "evaluate": {"unseen_generators": ["Vae"]}})
     assert p.data.display_names == {"SD14": "Stable Diffusion 1.4"} and p.data.synthetic_generators == ["GAN"]
     assert p.evaluate.unseen_generators == ["VAE"]
+
+
+def test_multigen_sample_params_are_valid_and_name_the_small_vit():
+    from aigi.demo import file_overrides, merge
+    from aigi.model import input_size
+
+    read = [yaml.safe_load((ROOT / name).read_text()) for name in ("params.yaml", "params.demo.yaml")]
+    base = merge(*read)
+    p = params.parse(merge(base, file_overrides(ROOT, ROOT / "params.multigen-sample.yaml")))
+    assert (p.data.source, p.finetune.method, p.finetune.epochs, p.finetune.batch_size) == ("local", "full", 6, 128)
+    assert p.data.path.endswith("shared/data/multigen-sample/multigen-sample.zip")
+    assert input_size(str(ROOT / p.model.arch)) == 32 and set(p.zeroshot.prompts) == {"REAL"}

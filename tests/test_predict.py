@@ -92,6 +92,27 @@ def test_cli_without_a_model_is_a_clear_error(monkeypatch, capsys, tmp_path, inp
     assert code == 1 and "models/finetuned: not a saved aigi model" in err and "Traceback" not in err
 
 
+def test_several_generators_add_the_generator_and_a_probability_per_class(tiny_multigen_model_dir, inputs, monkeypatch,
+                                                                          capsys):
+    from conftest import MULTIGEN_CLASSES
+
+    from aigi.inference import class_probs
+
+    _, pngs, jpgs = inputs
+    files = [*pngs, *jpgs]
+    detector, _ = load_detector(tiny_multigen_model_dir)
+    probs = class_probs(detector, to_model_input([load_rgb(f) for f in files], detector.image_size), 64)
+    code, out, _ = _run(monkeypatch, capsys, *map(str, files), "--model", str(tiny_multigen_model_dir))
+    reader = csv.DictReader(io.StringIO(out))
+    rows = list(reader)
+    assert code == 0
+    assert reader.fieldnames == ["path", "p_fake", "label", "generator", *(f"p_{c}" for c in MULTIGEN_CLASSES), "error"]
+    np.testing.assert_allclose([float(r["p_fake"]) for r in rows], 1 - probs[:, 0], atol=1e-6)
+    np.testing.assert_allclose([[float(r[f"p_{c}"]) for c in MULTIGEN_CLASSES] for r in rows], probs, atol=1e-6)
+    assert [r["generator"] for r in rows] == [MULTIGEN_CLASSES[1 + k] for k in probs[:, 1:].argmax(axis=1)]
+    assert [r["label"] for r in rows] == ["FAKE" if p >= 0.5 else "REAL" for p in 1 - probs[:, 0]]
+
+
 def test_cli_explain_writes_one_png_per_readable_input(tiny_model_dir, inputs, monkeypatch, capsys, tmp_path):
     folder, pngs, jpgs = inputs
     shown = tmp_path / "explain"

@@ -62,6 +62,42 @@ def test_mistakes_follow_the_threshold_and_confidence(tmp_path):
     assert report.mistakes_grid(predictions.iloc[[0, 1]], images, 10, 0.99, tmp_path / "d.png") == 0
 
 
+def test_several_generators_add_classes_attribution_per_generator_and_unseen(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = ["REAL", "DCGAN", "SD14", "VAE"]
+    labels = np.r_[np.repeat(np.arange(4), 20), np.full(10, -1)]
+    names = np.r_[np.array(classes, dtype=object)[labels[:80]], np.full(10, "GLIDE", dtype=object)]
+    probs = rng.dirichlet(np.ones(4), 90)
+    probs[np.arange(80), labels[:80]] += 0.6
+    probs /= probs.sum(axis=1, keepdims=True)
+    ft = metrics.evaluate_classes(classes, labels, names, probs, 0.5, 50, 0)
+    zs = metrics.evaluate_classes(classes, labels, names, rng.dirichlet(np.ones(4), 90), 0.5, 50, 0)
+    inputs = _inputs(tmp_path)
+    figure = inputs["figures"]["Training curves"]
+    per_class = {**{c: 20 for c in classes}, "GLIDE": 10}
+    inputs.update(zeroshot=zs, finetuned=ft, robustness={}, figures={"Attribution": figure},
+                  manifest={**inputs["manifest"], "classes": classes, "display_names": {"SD14": "Stable Diffusion 1.4"},
+                            "unseen_generators": ["GLIDE"], "splits": {"test": {"count": 90, "per_class": per_class}}})
+    inputs["mistakes"] = (pd.DataFrame({"index": range(90), "file": [f"{i}.jpg" for i in range(90)], "label": labels,
+                                        "label_name": names, "p_fake": 1 - probs[:, 0]}),
+                          rng.integers(0, 256, (90, 8, 8, 3), dtype=np.uint8))
+    out = tmp_path / "reports"
+    report.build(out, Params(), **inputs)
+    md = (out / "report.md").read_text()
+    headings = re.findall(r"^## (.*)$", md, flags=re.M)
+    assert headings[1:4] == ["Attribution: which generator made it (test split)",
+                             "Detection per generator (fine-tuned)",
+                             "Unseen generators (held out of training; fine-tuned)"]
+    cell = r"\d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\]"
+    assert re.search(rf"\| macro_f1 \| {cell} \| {cell} \|", md)
+    assert re.search(rf"\| SD14 \| 20 \| {cell} \| {cell} \| \d\.\d{{4}} \|", md)  # n, flagged, AUC, recall
+    assert re.search(rf"\| GLIDE \| 10 \| {cell} \| {cell} \|\n", md)
+    assert "| SD14 | Stable Diffusion 1.4 | 20 | generator |" in md
+    assert "| GLIDE | GLIDE | 10 | unseen generator (test only) |" in md
+    assert f"| REAL | {' | '.join(str(ft['attribution']['confusion']['REAL'][c]) for c in classes)} |" in md
+    assert "![Attribution confusion](assets/attribution-confusion.png)" in md
+
+
 def test_html_lists_tables_and_code_are_well_formed(tmp_path):
     from aigi.report import to_html
 

@@ -242,6 +242,25 @@ def test_reserved_or_invalid_alias_is_refused(alias):
         params.parse({"mlflow": {"model_alias": alias}})
 
 
+def test_pyfunc_of_several_generators_answers_generator_and_class_probabilities(tiny_multigen_model_dir, images):
+    from conftest import MULTIGEN_CLASSES
+
+    from aigi.inference import class_probs
+    from aigi.predict import output_columns
+
+    model = serving.DetectorModel()
+    model.detector, _ = load_detector(tiny_multigen_model_dir)
+    model.root = None  # as load_context leaves it without AIGI_SERVE_ALLOWED_ROOT: bytes only
+    out = model.predict(None, pd.DataFrame({"image": [f.read_bytes() for f in images]}))
+    columns = ["p_fake", "label", "generator", *(f"p_{c}" for c in MULTIGEN_CLASSES)]
+    assert list(out.columns) == columns == output_columns(MULTIGEN_CLASSES)
+    probs = class_probs(model.detector, to_model_input([load_rgb(f) for f in images], model.detector.image_size), 8)
+    np.testing.assert_allclose(out[[f"p_{c}" for c in MULTIGEN_CLASSES]].to_numpy(), probs, rtol=1e-5)
+    np.testing.assert_allclose(out["p_fake"], 1 - probs[:, 0], rtol=1e-5)
+    assert serving.signature(0.5, MULTIGEN_CLASSES).outputs.input_names() == columns
+    assert serving.signature(0.5, ["REAL", "FAKE"]).outputs.input_names() == ["p_fake", "label"]
+
+
 def test_one_registry_version_per_set_of_weights(registered, tiny_model_dir, tmp_path):
     import shutil
 

@@ -133,6 +133,32 @@ def test_checkpoint_for_other_params_or_unreadable_is_ignored(tmp_path, capsys):
     assert "ignoring" in capsys.readouterr().out
 
 
+def test_n_way_training_learns_every_method_and_p_fake_is_one_minus_p_real():
+    """Four classes (REAL + 3 generators), each shifted its own colour: every method trains an N-way head."""
+    from aigi.inference import class_probs, predict_proba
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 150, (n, 64, 64, 3), dtype=np.uint8)
+        for k in range(1, 4):
+            images[labels == k, :, :, k - 1] += 100  # generator k brightens channel k-1
+        return images, labels
+
+    train_data, val_data = split(128), split(64)
+    prompts = {"REAL": ["a real photo."], "G1": ["made by g1."], "G2": ["made by g2."], "G3": ["made by g3."]}
+    for method in ("full", "contrastive", "linear_probe"):
+        det = tiny(prompts)
+        result = train(det, train_data, val_data, cfg(method=method, epochs=3, lr=3e-3 if method != "linear_probe"
+                                                      else 3e-2), prompts, seed=0)
+        assert det.head.out_features == 4
+        assert result.final_val["val_accuracy"] > 0.5, method  # chance is 0.25
+    probs = class_probs(det, val_data[0], 32)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(predict_proba(det, val_data[0], 32), 1 - probs[:, 0])
+
+
 def test_last_partial_accumulation_group_is_a_mean_of_what_it_has():
     from aigi.train import accumulation_group_size
 

@@ -19,7 +19,10 @@ def _demo(args: argparse.Namespace) -> int:
     from aigi import demo
 
     root = project_root()
-    return demo.run(root, (root / args.dir).resolve())
+    overrides = demo.generator_overrides(root, args.generators, args.unseen) if args.generators else {}
+    if args.params:
+        overrides = demo.merge(overrides, demo.file_overrides(root, Path(args.params)))
+    return demo.run(root, (root / args.dir).resolve(), overrides)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -75,12 +78,16 @@ def load_model(model: str | None, device_name: str):
     return detector
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _is_uri(text: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None  # models:/, runs:/, s3://; not C:/
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from aigi.predict import expand, predict_paths
+    from aigi.predict import expand, output_columns, predict_paths
     from aigi.progress import progress
 
     files = expand(args.paths)
@@ -94,15 +101,16 @@ def _predict(args: argparse.Namespace) -> int:
                     total=len(files), desc="predict", unit="img", file=sys.stderr)
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(open(args.output, "w", newline="")) if args.output else sys.stdout
-        failed = write_rows(rows, out, args.format, explain is not None)
+        failed = write_rows(rows, out, args.format, output_columns(detector.classes), explain is not None)
     if failed:
         print(f"error: {failed} of {len(files)} files could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 
-def write_rows(rows, out, fmt: str, explain: bool = False) -> int:
-    """Write prediction rows as CSV or JSON lines; unreadable files also go to stderr. Returns their count."""
-    columns = ["path", "p_fake", "label", *(["explain"] if explain else []), "error"]
+def write_rows(rows, out, fmt: str, columns: list[str], explain: bool = False) -> int:
+    """Write prediction rows (`columns` between path and error) as CSV or JSON lines; unreadable files also
+    go to stderr. Returns their count."""
+    columns = ["path", *columns, *(["explain"] if explain else []), "error"]
     writer = csv.DictWriter(out, columns) if fmt == "csv" else None
     if writer:
         writer.writeheader()
@@ -123,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline offline on synthetic data in a copy of the project")
     d.add_argument("--dir", default="demo", help="where the copy goes (default: demo/)")
+    d.add_argument("--generators", type=_names, help="several synthetic generators, e.g. GAN,DIFFUSION,VAE: "
+                   "the demo then shows attribution (which generator made an image)")
+    d.add_argument("--unseen", type=_names, default=[], help="generators held out of training, tested apart "
+                   "(evaluate.unseen_generators)")
+    d.add_argument("--params", help="a YAML file of params merged last, e.g. params.multigen-sample.yaml")
     d.set_defaults(func=_demo)
     c = sub.add_parser("compare", help="the demo, then linear_probe, full and contrastive as queued DVC "
                        "experiments, side by side with zero-shot")

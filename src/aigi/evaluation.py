@@ -3,42 +3,63 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aigi import metrics
+from aigi.classes import from_manifest, is_fake
 from aigi.data.store import load_split
-from aigi.inference import predict_proba
+from aigi.errors import AigiError
+from aigi.inference import class_probs, p_fake
 from aigi.model import Detector
 from aigi.params import Params
-from aigi.plots import write_robustness_plots, write_score_plots
+from aigi.plots import write_attribution_plots, write_robustness_plots, write_score_plots
 from aigi.robustness import evaluate_robustness, summary_table
+
+
+def test_classes(detector: Detector, manifest: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The data's classes and display names; the detector must have been built for the same classes."""
+    classes, display_names = from_manifest(manifest)
+    if detector.classes != classes:
+        raise AigiError(f"the model's classes {detector.classes} differ from the data's {classes} "
+                        f"(data/processed/manifest.json); re-run finetune (dvc repro)")
+    return classes, display_names
 
 
 def score_test_split(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
                      metrics_file: Path, plots_dir: Path) -> dict[str, Any]:
-    """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusion,
+    """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusions,
     predictions.csv); `name` labels the progress bar and the plots."""
     images, table = load_split(processed, "test")
-    y = table["label"].to_numpy()
-    p_fake = predict_proba(detector, images, batch_size, desc=f"{name} test")
-    result = metrics.evaluate(y, p_fake, params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
-                              files=table["file"].tolist())
+    classes, _ = test_classes(detector, json.loads((processed / "manifest.json").read_text()))
+    labels = table["label"].to_numpy()
+    probs = class_probs(detector, images, batch_size, desc=f"{name} test")
+    result = metrics.evaluate_classes(classes, labels, table["label_name"].to_numpy(), probs,
+                                      params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
+                                      files=table["file"].tolist())
     write_json(metrics_file, result)
-    write_score_plots(plots_dir, y, p_fake, params.evaluate.threshold, name)
-    table.assign(p_fake=np.round(p_fake, 6)).to_csv(plots_dir / "predictions.csv", index_label="index")
+    seen = labels >= 0  # detection and attribution curves: the trained classes; held-out generators apart
+    p = p_fake(probs)
+    write_score_plots(plots_dir, is_fake(table["label_name"])[seen], p[seen], params.evaluate.threshold, name)
+    write_attribution_plots(plots_dir, classes, labels[seen], probs[seen], name)
+    columns = {"p_fake": np.round(p, 6)}
+    if len(classes) > 2:
+        columns |= {f"p_{c}": np.round(probs[:, k], 6) for k, c in enumerate(classes)}
+    table.assign(**columns).to_csv(plots_dir / "predictions.csv", index_label="index")
     return result
 
 
 def score_robustness(detector: Detector, params: Params, clean: dict[str, Any], processed: Path, raw_images: Path,
                      metrics_file: Path, plots_dir: Path) -> dict[str, dict[str, Any]]:
-    """The test split's originals (under `raw_images`) perturbed per `evaluate.robustness`: writes
-    `metrics_file` and `plots_dir` (CSV for DVC, PNG for the report)."""
+    """The test split's originals (under `raw_images`) of the trained classes perturbed per
+    `evaluate.robustness`: writes `metrics_file` and `plots_dir` (CSV for DVC, PNG for the report)."""
     _, table = load_split(processed, "test")
+    table = table[table["label"] >= 0]  # as the clean detection metrics: held-out generators are reported apart
     results = evaluate_robustness(
-        detector, raw_images, table["file"].tolist(), table["label"].to_numpy(), params.evaluate.robustness,
+        detector, raw_images, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
         params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
     )
     write_json(metrics_file, results)
@@ -70,7 +91,20 @@ def mlflow_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
     for k, (lo, hi) in result.get("ci95", {}).items():
         out[f"{prefix}{k}_ci_low"], out[f"{prefix}{k}_ci_high"] = lo, hi
     out.update({f"{prefix}{k}": float(v) for k, v in result["confusion"].items()})
+    if att := result.get("attribution"):
+        out |= {f"{prefix}attribution_{k}": float(att[k]) for k in ("accuracy", "macro_f1")}
+        for k, (lo, hi) in att.get("ci95", {}).items():
+            out[f"{prefix}attribution_{k}_ci_low"], out[f"{prefix}attribution_{k}_ci_high"] = lo, hi
+    for group in ("per_generator", "unseen"):
+        for g, row in result.get(group, {}).items():
+            key = f"{prefix}{'unseen' if group == 'unseen' else 'generator'}_{_metric_name(g)}"
+            out |= {f"{key}_{k}": float(row[k]) for k in ("flagged_fake", "roc_auc", "attribution_recall") if k in row}
     return out
+
+
+def _metric_name(name: str) -> str:
+    """A class name as part of an MLflow metric key (letters, digits, _ - . only)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def mlflow_robustness_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:

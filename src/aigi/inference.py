@@ -1,4 +1,4 @@
-"""Batched inference over memory-mapped uint8 images: P(fake) per image."""
+"""Batched inference over memory-mapped uint8 images: class probabilities and P(fake) per image."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from aigi.progress import progress
 
 
 @torch.no_grad()
-def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc: str = "predict") -> np.ndarray:
-    """P(FAKE) for each row of an N×S×S×3 uint8 array (memory-mapped is fine); float64 N."""
+def class_probs(detector: Detector, images: np.ndarray, batch_size: int, desc: str = "predict") -> np.ndarray:
+    """Softmax over the detector's classes for each row of an N×S×S×3 uint8 array (memory-mapped is
+    fine); float64 N×C, columns in `detector.classes` order (REAL first)."""
     detector.eval()
     device = detector.mean.device
-    out = np.empty(len(images), dtype=np.float64)
+    out = np.empty((len(images), len(detector.classes)), dtype=np.float64)
     source = maybe_resident(images, device)  # on a GPU with room: one upload, then slices on the device
     with progress(total=len(images), desc=desc, unit="img", leave=False) as bar:
         for start in range(0, len(images), batch_size):
@@ -27,6 +28,16 @@ def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc:
                     batch = batch.pin_memory()
             with autocast(device):
                 logits = detector(batch.to(device, non_blocking=True))
-            out[start : start + len(batch)] = logits.float().softmax(dim=1)[:, 1].cpu().numpy()
+            out[start : start + len(batch)] = logits.float().softmax(dim=1).cpu().numpy()
             bar.update(len(batch))
     return out
+
+
+def p_fake(probs: np.ndarray) -> np.ndarray:
+    """P(fake) = 1 − P(REAL): any generator counts as fake."""
+    return 1.0 - probs[:, 0]
+
+
+def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc: str = "predict") -> np.ndarray:
+    """P(fake) for each row of an N×S×S×3 uint8 array; float64 N."""
+    return p_fake(class_probs(detector, images, batch_size, desc))

@@ -1,6 +1,7 @@
-"""Detection metrics for P(fake) scores, with seeded bootstrap confidence intervals.
+"""Detection metrics for P(fake) scores and, with several generators, attribution metrics; with seeded
+bootstrap confidence intervals.
 
-FAKE is the positive class (label 1). scikit-learn computes the point estimates; expected
+Detection: FAKE (any generator) is the positive class (label 1). scikit-learn computes the point estimates; expected
 calibration error is the usual equal-width-bin estimate. The bootstrap is vectorised: a resample
 is a vector of counts per image, so every metric of many resamples is a few matrix products and
 cumulative sums (exactly what scikit-learn gives on the resampled arrays, see the tests), instead of
@@ -10,14 +11,14 @@ thousands of scikit-learn calls.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
 
-from aigi.params import CLASSES
+from aigi.classes import DETECTION, REAL
 
 SCALARS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
 ECE_BINS = 15
@@ -112,18 +113,25 @@ def resample_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float, weight
     return out
 
 
-def bootstrap_intervals(
-    y: np.ndarray, p_fake: np.ndarray, threshold: float, samples: int, seed: int, level: float = 0.95
-) -> dict[str, list[float]]:
-    """Percentile bootstrap interval of each scalar metric (resampling images with replacement)."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    draws: dict[str, list[np.ndarray]] = {k: [] for k in SCALARS}
+def _percentiles(draws: np.ndarray, level: float = 0.95) -> list[float]:
+    return [float(np.nanpercentile(draws, q)) for q in ((1 - level) / 2 * 100, (1 + level) / 2 * 100)]
+
+
+def _resample_counts(rng: np.random.Generator, n: int, samples: int) -> Iterator[np.ndarray]:
+    """Bootstrap resamples as rows of counts per item (B×n), in chunks that bound memory."""
     chunk = max(1, _BOOTSTRAP_CELLS // max(n, 1))
     for start in range(0, samples, chunk):
         rows = min(chunk, samples - start)
         idx = rng.integers(0, n, (rows, n)) + (np.arange(rows) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
+        yield np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n)
+
+
+def bootstrap_intervals(
+    y: np.ndarray, p_fake: np.ndarray, threshold: float, samples: int, seed: int, level: float = 0.95
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of each scalar metric (resampling images with replacement)."""
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in SCALARS}
+    for counts in _resample_counts(np.random.default_rng(seed), len(y), samples):
         for k, v in resample_metrics(y, p_fake, threshold, counts).items():
             draws[k].append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
@@ -157,7 +165,7 @@ def per_content_class(
     out: dict[str, dict[str, dict[str, float]]] = {}
     for subject in CIFAR10_CLASSES:
         row = {}
-        for label, name in enumerate(CLASSES):
+        for label, name in enumerate(DETECTION):
             mask = (subjects_arr == subject) & (y == label)
             if mask.any():
                 row[name] = {"n": int(mask.sum()), "accuracy": float(correct[mask].mean())}
@@ -184,4 +192,94 @@ def evaluate(
         out["ci95"] = bootstrap_intervals(y, p_fake, threshold, bootstrap, seed)
     if files is not None and (by_subject := per_content_class(files, y, p_fake, threshold)):
         out["per_content_class"] = by_subject
+    return out
+
+
+# ---- several generators ------------------------------------------------------------------------------------
+
+
+def _accuracy_macro_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N-way accuracy and macro-F1 (over every class, 0 for a class never seen nor predicted, as
+    scikit-learn with zero_division=0) of confusion matrices B×C×C (actual × predicted)."""
+    tp = np.diagonal(confusion, axis1=1, axis2=2)
+    actual, predicted = confusion.sum(axis=2), confusion.sum(axis=1)
+    n = actual.sum(axis=1)
+    return _ratio(tp.sum(axis=1), n), _ratio(2 * tp, actual + predicted).mean(axis=1)
+
+
+def attribution(
+    labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], bootstrap: int, seed: int
+) -> dict[str, Any]:
+    """N-way metrics of the argmax over all classes (REAL included) against the true class index."""
+    labels = np.asarray(labels, dtype=int)
+    pred = probs.argmax(axis=1)
+    c = len(classes)
+    cm = skm.confusion_matrix(labels, pred, labels=list(range(c)))
+    accuracy, macro_f1 = (float(v[0]) for v in _accuracy_macro_f1(cm[None].astype(np.float64)))
+    precision, recall, _, support = skm.precision_recall_fscore_support(
+        labels, pred, labels=list(range(c)), zero_division=0)
+    out: dict[str, Any] = {
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]), "n": int(support[k])}
+                      for k, name in enumerate(classes)},
+        "confusion": {actual: {p: int(cm[i, j]) for j, p in enumerate(classes)} for i, actual in enumerate(classes)},
+    }
+    if bootstrap:
+        # A resample's confusion matrix is its counts summed per (actual, predicted) cell.
+        cell = labels * c + pred
+        draws = [_accuracy_macro_f1(np.stack([np.bincount(cell, w, c * c) for w in counts]).reshape(-1, c, c))
+                 for counts in _resample_counts(np.random.default_rng(seed), len(labels), bootstrap)]
+        out["ci95"] = {"accuracy": _percentiles(np.concatenate([d[0] for d in draws])),
+                       "macro_f1": _percentiles(np.concatenate([d[1] for d in draws]))}
+    return out
+
+
+def generator_detection(
+    label_names: np.ndarray, p_fake: np.ndarray, generators: Sequence[str], threshold: float, bootstrap: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Per generator: its images' share flagged as fake, and the ROC-AUC of its images against the REAL ones
+    (P(fake) as the score), each with a bootstrap interval over the REAL + generator images."""
+    label_names = np.asarray(label_names, dtype=object)
+    real = label_names == REAL
+    out = {}
+    for g in generators:
+        mask = real | (label_names == g)
+        y, p = (label_names[mask] == g).astype(int), p_fake[mask]
+        row: dict[str, Any] = {"n": int(y.sum()), "flagged_fake": float((p[y == 1] >= threshold).mean())}
+        if row["n"] and len(np.unique(y)) == 2:
+            row["roc_auc"] = float(skm.roc_auc_score(y, p))
+        if bootstrap and row["n"]:
+            ci = bootstrap_intervals(y, p, threshold, bootstrap, seed)
+            row["flagged_fake_ci95"] = ci["recall"]  # recall of this generator's images = share flagged
+            if "roc_auc" in ci:
+                row["roc_auc_ci95"] = ci["roc_auc"]
+        out[g] = row
+    return out
+
+
+def evaluate_classes(
+    classes: Sequence[str], labels: np.ndarray, label_names: Sequence[str], probs: np.ndarray, threshold: float,
+    bootstrap: int, seed: int, files: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """`metrics/*.json` for a detector over `classes`: detection (as `evaluate`) on the images of the
+    trained classes; with more than two classes, `attribution` and `per_generator`; and `unseen`
+    (detection only) for test images of generators held out of training (label -1)."""
+    labels = np.asarray(labels, dtype=int)
+    names = np.asarray(label_names, dtype=object)
+    p = 1.0 - probs[:, 0]  # P(fake) = 1 − P(REAL)
+    seen = labels >= 0
+    out = evaluate((names[seen] != REAL).astype(int), p[seen], threshold, bootstrap, seed,
+                   files=None if files is None else [f for f, s in zip(files, seen, strict=True) if s])
+    if len(classes) > 2:
+        att = attribution(labels[seen], probs[seen], classes, bootstrap, seed)
+        out["attribution"] = att
+        out["per_generator"] = generator_detection(names[seen], p[seen], classes[1:], threshold, bootstrap, seed)
+        for g, row in out["per_generator"].items():
+            row["attribution_recall"] = att["per_class"][g]["recall"]
+    if (~seen).any():
+        unseen = sorted(set(names[~seen]), key=str.lower)
+        real = names == REAL
+        out["unseen"] = generator_detection(names[real | ~seen], p[real | ~seen], unseen, threshold, bootstrap, seed)
     return out

@@ -1,7 +1,8 @@
-"""The CLIP detector: an open_clip model plus a 2-way head, built by name, saved without pickles.
+"""The CLIP detector: an open_clip model plus an N-way head, built by name, saved without pickles.
 
-Every method (zero-shot, contrastive, linear probe, full) ends in the same shape: image features
-(L2-normalised) times a REAL/FAKE weight matrix. For zero-shot and contrastive that matrix is the
+Classes are REAL (index 0) then one per generator (aigi.classes). Every method (zero-shot,
+contrastive, linear probe, full) ends in the same shape: image features (L2-normalised) times a
+class weight matrix. For zero-shot and contrastive that matrix is the
 prompt-ensemble text embedding of each class scaled by CLIP's logit scale; the probe and full
 methods train it directly. So evaluation, prediction and serving have a single code path.
 
@@ -21,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from aigi.classes import DETECTION, REAL
 from aigi.errors import AigiError, one_line
-from aigi.params import CLASSES
 
 TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -62,10 +63,13 @@ def model_config(name: str, pretrained: str | None) -> dict[str, Any]:
 
 
 class Detector(nn.Module):
-    """CLIP image tower + REAL/FAKE head. Input: N×S×S×3 uint8 pixels (any device); output: logits N×2."""
+    """CLIP image tower + class head. Input: N×S×S×3 uint8 pixels (any device); output: logits N×len(classes)."""
 
-    def __init__(self, clip: nn.Module, model_cfg: dict[str, Any], tokenizer: Any = None):
+    def __init__(self, clip: nn.Module, model_cfg: dict[str, Any], classes: list[str], tokenizer: Any = None):
         super().__init__()
+        if len(classes) < 2 or classes[0] != REAL:
+            raise AigiError(f"a detector's classes must be {REAL} then at least one generator; got {classes}")
+        self.classes = list(classes)
         self.clip = clip
         self.model_cfg = model_cfg
         self.tokenizer = tokenizer
@@ -74,7 +78,7 @@ class Detector(nn.Module):
         self.image_size = int(pp["size"] if isinstance(pp["size"], int) else pp["size"][0])
         self.register_buffer("mean", torch.tensor(pp["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pp["std"]).view(1, 3, 1, 1), persistent=False)
-        self.head = nn.Linear(model_cfg["embed_dim"], len(CLASSES))
+        self.head = nn.Linear(model_cfg["embed_dim"], len(self.classes))
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW on the model's device (the only place this happens)."""
@@ -117,7 +121,7 @@ class Detector(nn.Module):
             raise RuntimeError("this detector was loaded without a tokenizer")
         device = self.mean.device
         rows = []
-        for name in CLASSES:
+        for name in self.classes:
             key = (device, *prompts[name])
             if key not in self._tokens:  # tokenise once, not every training step
                 self._tokens[key] = self.tokenizer(prompts[name]).to(device)
@@ -136,7 +140,8 @@ class Detector(nn.Module):
 def create_detector(
     arch: str, pretrained: str, prompts: dict[str, list[str]], device: torch.device, seed: int = 0
 ) -> Detector:
-    """A fresh detector: open_clip `arch` with `pretrained` weights and the zero-shot head for `prompts`.
+    """A fresh detector: open_clip `arch` with `pretrained` weights and the zero-shot head for `prompts`,
+    whose keys are the classes in order (`aigi.classes.class_prompts`).
 
     Random initialisation (`pretrained: none`) is seeded, so zeroshot and finetune start from the same model.
     """
@@ -156,7 +161,7 @@ def create_detector(
             f"model.pretrained '{pretrained}' for {name}: could not load weights ({msg}); use an open_clip tag "
             f"(open_clip.list_pretrained()), a local checkpoint path (works offline), or `none` for random init"
         ) from None
-    detector = Detector(clip, model_cfg, open_clip.get_tokenizer(name)).to(device)
+    detector = Detector(clip, model_cfg, list(prompts), open_clip.get_tokenizer(name)).to(device)
     detector.set_head_from_prompts(prompts)
     return detector
 
@@ -174,7 +179,7 @@ def save_detector(detector: Detector, folder: Path, meta: dict[str, Any]) -> Non
     save_file({k: v.detach().contiguous().cpu() for k, v in detector.head.state_dict().items()},
               folder / "head.safetensors")
     (folder / "detector.json").write_text(
-        json.dumps({"classes": list(CLASSES), "image_size": detector.image_size, **meta}, indent=2) + "\n"
+        json.dumps({"classes": detector.classes, "image_size": detector.image_size, **meta}, indent=2) + "\n"
     )
 
 
@@ -187,6 +192,7 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tup
     model_cfg = json.loads((folder / "clip" / "open_clip_config.json").read_text())["model_cfg"]
     ident = f"local-dir:{(folder / 'clip').resolve()}"
     clip = open_clip.create_model(ident, device=device)  # safetensors: no code runs on load
-    detector = Detector(clip, model_cfg, open_clip.get_tokenizer(ident)).to(device)
+    classes = meta.get("classes") or list(DETECTION)  # saved before N classes: REAL, FAKE
+    detector = Detector(clip, model_cfg, classes, open_clip.get_tokenizer(ident)).to(device)
     detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
     return detector.eval(), meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from aigi.params import CLASSES
+from aigi.classes import DETECTION
 
 
 def write_score_plots(folder: Path, y: np.ndarray, p_fake: np.ndarray, threshold: float, title: str) -> None:
@@ -23,7 +24,7 @@ def write_score_plots(folder: Path, y: np.ndarray, p_fake: np.ndarray, threshold
     pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(folder / "roc.csv", index=False)
     pd.DataFrame({"recall": recall, "precision": precision}).to_csv(folder / "pr.csv", index=False)
     pred = (p_fake >= threshold).astype(int)
-    pd.DataFrame({"actual": np.array(CLASSES)[y], "predicted": np.array(CLASSES)[pred]}).to_csv(
+    pd.DataFrame({"actual": np.array(DETECTION)[y], "predicted": np.array(DETECTION)[pred]}).to_csv(
         folder / "confusion.csv", index=False
     )
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(13, 4))
@@ -32,14 +33,35 @@ def write_score_plots(folder: Path, y: np.ndarray, p_fake: np.ndarray, threshold
     ax1.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC ({title})")
     ax2.plot(recall, precision)
     ax2.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({title})")
-    cm = skm.confusion_matrix(y, pred, labels=[0, 1])
-    ax3.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax3.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-    ax3.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASSES, yticklabels=CLASSES,
-            xlabel="predicted", ylabel="actual", title="confusion")
+    _confusion_image(ax3, skm.confusion_matrix(y, pred, labels=[0, 1]), DETECTION, "confusion")
     fig.tight_layout()
     fig.savefig(folder / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def _confusion_image(ax, cm: np.ndarray, names: Sequence[str], title: str) -> None:
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ticks = list(range(len(names)))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="actual", title=title)
+    ax.set_xticklabels(names, rotation=45 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
+    ax.set_yticklabels(names)
+
+
+def write_attribution_plots(folder: Path, classes: Sequence[str], labels: np.ndarray, probs: np.ndarray,
+                            title: str) -> None:
+    """N-way confusion of the argmax class: `attribution_confusion.csv` (DVC confusion plot) and its PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names, pred = np.array(classes), probs.argmax(axis=1)
+    pd.DataFrame({"actual": names[labels], "predicted": names[pred]}).to_csv(
+        folder / "attribution_confusion.csv", index=False)
+    cm = skm.confusion_matrix(labels, pred, labels=list(range(len(classes))))
+    size = 2.5 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size, size))
+    _confusion_image(ax, cm, classes, f"attribution ({title})")
+    fig.tight_layout()
+    fig.savefig(folder / "attribution_confusion.png", dpi=100)
     plt.close(fig)
 
 

@@ -9,11 +9,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from aigi.classes import DETECTION
 from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
 from aigi.errors import AigiError
-from aigi.inference import predict_proba
+from aigi.inference import class_probs
 from aigi.model import Detector
-from aigi.params import CLASSES, MAX_IMAGE_PIXELS
+from aigi.params import MAX_IMAGE_PIXELS
 
 T = TypeVar("T")
 
@@ -40,7 +41,7 @@ def predict_images(
     detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray], batch_size: int = 64,
     explain: Callable[[list[T], np.ndarray], list[Any]] | None = None,
 ) -> Iterator[tuple]:
-    """(item, P(fake), "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
+    """(item, class probabilities, "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
 
     Decodes, resizes and scores one batch at a time, so memory is bounded by the batch, not the input.
     `explain(items, model_inputs)`, when given, is called once per batch with its readable items and
@@ -55,34 +56,48 @@ def predict_images(
                 decoded.append((item, None, str(e)))
         good = [img for _, img, _ in decoded if img is not None]
         pixels = to_model_input(good, detector.image_size)
-        probs = iter(predict_proba(detector, pixels, batch_size) if good else ())
+        probs = iter(class_probs(detector, pixels, batch_size) if good else ())
         if explain is None:
             for item, img, err in decoded:
-                yield (item, None, err) if img is None else (item, float(next(probs)), "")
+                yield (item, None, err) if img is None else (item, next(probs), "")
             continue
         extra = iter(explain([item for item, img, _ in decoded if img is not None], pixels) if good else ())
         for item, img, err in decoded:
-            yield (item, None, err, None) if img is None else (item, float(next(probs)), "", next(extra))
+            yield (item, None, err, None) if img is None else (item, next(probs), "", next(extra))
 
 
-def label_of(p_fake: float, threshold: float) -> str:
-    return CLASSES[int(p_fake >= threshold)]
+def output_columns(classes: Sequence[str]) -> list[str]:
+    """What a prediction answers: `p_fake` and `label`; with several generators also the most likely
+    `generator` and `p_<CLASS>` per class."""
+    return ["p_fake", "label"] + (["generator", *(f"p_{c}" for c in classes)] if len(classes) > 2 else [])
+
+
+def answer(classes: Sequence[str], probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    """One prediction's `output_columns`: P(fake) = 1 − P(REAL); the generator is the argmax over the generators."""
+    p = float(1.0 - probs[0])
+    row: dict[str, Any] = {"p_fake": p, "label": DETECTION[int(p >= threshold)]}
+    if len(classes) > 2:
+        row["generator"] = classes[1 + int(np.argmax(probs[1:]))]
+        row |= {f"p_{c}": float(v) for c, v in zip(classes, probs, strict=True)}
+    return row
 
 
 def predict_paths(
     detector: Detector, files: list[Path], batch_size: int = 64, threshold: float = 0.5,
     max_pixels: int = MAX_IMAGE_PIXELS, explain_dir: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per file: path, p_fake, label, or path and error when the file cannot be read.
+    """One row per file: path and `output_columns`, or path and error when the file cannot be read.
 
     With `explain_dir`, each readable file also gets a Grad-CAM PNG there, named in the row's `explain`."""
     explain = overlay_writer(detector, explain_dir, threshold) if explain_dir is not None else None
-    for f, p, err, *png in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size, explain):
-        if p is None:
+    for f, probs, err, *png in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size,
+                                              explain):
+        if probs is None:
             yield {"path": str(f), "error": err}
         else:
-            yield {"path": str(f), "p_fake": round(p, 6), "label": label_of(p, threshold), **(
-                {"explain": png[0]} if png else {})}
+            row = answer(detector.classes, probs, threshold)
+            yield {"path": str(f), **{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()},
+                   **({"explain": png[0]} if png else {})}
 
 
 def overlay_writer(

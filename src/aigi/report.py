@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from aigi.classes import DETECTION, REAL, display
 from aigi.metrics import CIFAR10_CLASSES, SCALARS, content_class
-from aigi.params import CLASSES, Params
+from aigi.params import Params
 
 
 def _cell(result: dict[str, Any], key: str) -> str:
@@ -38,7 +39,8 @@ def comparison_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str
 def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, threshold: float, path: Path) -> int:
     """The `count` most confident mistakes (the images the model saw) as one PNG; returns how many were shown."""
     pred = (predictions["p_fake"] >= threshold).astype(int)
-    wrong = predictions[pred != predictions["label"]].copy()
+    truth = (predictions["label_name"] != REAL).astype(int) if "label_name" in predictions else predictions["label"]
+    wrong = predictions[pred != truth].copy()
     wrong["confidence"] = np.where(pred[wrong.index] == 1, wrong["p_fake"], 1 - wrong["p_fake"])
     wrong = wrong.sort_values("confidence", ascending=False, kind="stable").head(count)
     if wrong.empty:
@@ -51,7 +53,8 @@ def mistakes_grid(predictions: pd.DataFrame, images: np.ndarray, count: int, thr
     for ax, (_, r) in zip(axes.flat, wrong.iterrows(), strict=False):
         ax.imshow(images[int(r["index"])])
         subject = content_class(str(r.get("file", "")))
-        ax.set_title(f"true {CLASSES[int(r['label'])]}{f', {subject}' if subject else ''}\n"
+        true = r["label_name"] if "label_name" in r else DETECTION[int(r["label"])]
+        ax.set_title(f"true {true}{f', {subject}' if subject else ''}\n"
                      f"P(fake)={r['p_fake']:.2f}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -83,6 +86,79 @@ def content_class_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> 
     rows += [f"| {s} | {cell(ft, s, 'REAL')} | {cell(ft, s, 'FAKE')} | {cell(zs, s, 'REAL')} | {cell(zs, s, 'FAKE')} |"
              for s in CIFAR10_CLASSES if s in ft]
     return "\n".join(rows)
+
+
+def _interval(row: dict[str, Any], key: str) -> str:
+    ci = row.get(f"{key}_ci95")
+    value = row.get(key)
+    if value is None:
+        return "–"
+    return f"{value:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.4f}"
+
+
+def class_table(manifest: dict[str, Any]) -> str:
+    """Every class with its display name and image count per split; held-out generators marked."""
+    names = manifest.get("display_names", {})
+    unseen = manifest.get("unseen_generators", [])
+    splits = manifest["splits"]
+    rows = ["| class | name | " + " | ".join(splits) + " | role |", "|---|---|" + "---|" * (len(splits) + 1)]
+    for c in [*manifest.get("classes", []), *unseen]:
+        role = "real" if c == REAL else ("unseen generator (test only)" if c in unseen else "generator")
+        counts = " | ".join(f"{info['per_class'].get(c, 0):,}" for info in splits.values())
+        rows.append(f"| {c} | {display(c, names)} | {counts} | {role} |")
+    return "\n".join(rows)
+
+
+def attribution_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str:
+    """N-way accuracy and macro-F1, then per-class precision and recall, zero-shot vs fine-tuned."""
+    zs, ft = zeroshot.get("attribution", {}), finetuned["attribution"]
+    rows = ["| metric | zero-shot | fine-tuned |", "|---|---|---|"]
+    rows += [f"| {k} | {_cell(zs, k) if zs else '–'} | {_cell(ft, k)} |" for k in ("accuracy", "macro_f1")]
+    for name, row in ft["per_class"].items():
+        z = zs.get("per_class", {}).get(name)
+        for k in ("precision", "recall"):
+            rows.append(f"| {name} {k} (n={row['n']}) | {f'{z[k]:.4f}' if z else '–'} | {row[k]:.4f} |")
+    return "\n".join(rows)
+
+
+def confusion_table(attribution: dict[str, Any]) -> str:
+    cm = attribution["confusion"]
+    names = list(cm)
+    rows = ["| actual \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows += [f"| {a} | " + " | ".join(str(cm[a][p]) for p in names) + " |" for a in names]
+    return "\n".join(rows)
+
+
+def generator_table(rows: dict[str, dict[str, Any]], recall: bool) -> str:
+    """Per generator: n, share flagged as fake, ROC-AUC against REAL (with intervals), attribution recall."""
+    head = "| generator | n | flagged as fake | ROC-AUC vs REAL |" + (" attribution recall |" if recall else "")
+    out = [head, "|---|---|---|---|" + ("---|" if recall else "")]
+    for g, r in rows.items():
+        line = f"| {g} | {r['n']:,} | {_interval(r, 'flagged_fake')} | {_interval(r, 'roc_auc')} |"
+        out.append(line + (f" {r['attribution_recall']:.4f} |" if recall else ""))
+    return "\n".join(out)
+
+
+def generator_sections(zeroshot: dict[str, Any], finetuned: dict[str, Any], figure: Path | None,
+                       assets: Path) -> list[str]:
+    """Attribution, per-generator and unseen-generator sections (only for data with several generators)."""
+    md: list[str] = []
+    if att := finetuned.get("attribution"):
+        md += ["## Attribution: which generator made it (test split)", "",
+               "The most likely class (argmax over REAL and every generator) against the true class.", "",
+               attribution_table(zeroshot, finetuned), "", "Fine-tuned confusion matrix (rows: actual):", "",
+               confusion_table(att), ""]
+        if figure and (line := _copy_figure(figure, assets, "Attribution confusion")):
+            md += [line, ""]
+    if per := finetuned.get("per_generator"):
+        md += ["## Detection per generator (fine-tuned)", "",
+               "Each generator's test images: the share flagged as fake at the threshold, and the ROC-AUC of "
+               "P(fake) on its images against the REAL ones.", "", generator_table(per, recall=True), ""]
+    if unseen := finetuned.get("unseen"):
+        md += ["## Unseen generators (held out of training; fine-tuned)", "",
+               "Generators in `evaluate.unseen_generators` never reached train or val: does detection carry "
+               "over to them?", "", generator_table(unseen, recall=False), ""]
+    return md
 
 
 def saliency_table(result: dict[str, Any]) -> str:
@@ -163,15 +239,16 @@ def build(
 ) -> None:
     """Write report.md, its PNGs and report.html into `out` (an empty folder).
 
-    `figures` maps titles to PNGs: training curves, score curves, and "Robustness" for the perturbation
-    plot; `model` holds the MLflow run id and the registered model URI; `saliency` is metrics/saliency.json
-    and the Grad-CAM grid PNG.
+    `figures` maps titles to PNGs: training curves, score curves, "Robustness" for the perturbation
+    plot and "Attribution" for the N-way confusion matrix; `model` holds the MLflow run id and the
+    registered model URI; `saliency` is metrics/saliency.json and the Grad-CAM grid PNG.
     """
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
     threshold = params.evaluate.threshold
     shown = mistakes_grid(*mistakes, params.report.mistakes_shown, threshold, assets / "mistakes.png")
     robustness_figure = figures.pop("Robustness", None)
+    attribution_figure = figures.pop("Attribution", None)
 
     md = [
         "# aigi report: can CLIP tell AI-generated images from real ones?",
@@ -184,9 +261,12 @@ def build(
         "",
         comparison_table(zeroshot, finetuned),
         "",
+        *generator_sections(zeroshot, finetuned, attribution_figure, assets),
         "## Data",
         "",
         *_data_lines(source, manifest),
+        "",
+        class_table(manifest),
         "",
         "## Curves",
         "",

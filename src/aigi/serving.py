@@ -4,7 +4,8 @@ Input: a DataFrame with an `image` column whose cells are raw image bytes or bas
 encoded file (what a JSON request to `mlflow models serve` carries). A server never reads its own
 disk because a request says so: file paths are accepted only when the process that loads the model
 sets `AIGI_SERVE_ALLOWED_ROOT` to a folder, and then only for files under it (symlinks resolved).
-Output: `p_fake` and `label` per row; the decision threshold is a
+Output: `p_fake` and `label` per row, and for a model with several generators also `generator` and
+`p_<CLASS>` per class (`aigi.predict.output_columns`); the decision threshold is a
 predict-time param whose default is `evaluate.threshold`. The model's artifacts are the folder
 `save_detector` wrote (safetensors and JSON, nothing pickled); `load_context` loads it with
 `load_detector`, and the `aigi` package travels with the model as code, so `--env-manager local`
@@ -17,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import io
+import json
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,10 +29,11 @@ import pandas as pd
 from PIL import Image
 
 import aigi
+from aigi.classes import DETECTION
 from aigi.data.images import BadImage, load_rgb
 from aigi.errors import AigiError, one_line
 from aigi.params import MAX_IMAGE_PIXELS, Params
-from aigi.predict import label_of, predict_images
+from aigi.predict import answer, output_columns, predict_images
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs, not a terminal
@@ -111,8 +114,8 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         if errors:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             raise mlflow.exceptions.MlflowException.invalid_parameter_value("; ".join(errors[:3]) + more)
-        p_fake = [p for _, p, _ in rows]
-        return pd.DataFrame({"p_fake": p_fake, "label": [label_of(p, threshold) for p in p_fake]})
+        classes = self.detector.classes
+        return pd.DataFrame([answer(classes, p, threshold) for _, p, _ in rows], columns=output_columns(classes))
 
 
 def example_png() -> str:
@@ -124,15 +127,20 @@ def example_png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def signature(threshold: float) -> Any:
+def signature(threshold: float, classes: list[str]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
-        outputs=Schema([ColSpec("double", "p_fake"), ColSpec("string", "label")]),
+        outputs=Schema([ColSpec("string" if c in ("label", "generator") else "double", c)
+                        for c in output_columns(classes)]),
         params=ParamSchema([ParamSpec("threshold", "double", threshold)]),
     )
+
+
+def saved_classes(model_dir: Path) -> list[str]:
+    return json.loads((Path(model_dir) / "detector.json").read_text()).get("classes") or list(DETECTION)
 
 
 def requirements() -> list[str]:
@@ -180,7 +188,7 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
         python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
         artifacts={ARTIFACT: str(Path(model_dir).resolve())},
         code_paths=[str(Path(aigi.__file__).parent)],
-        signature=signature(params.evaluate.threshold),
+        signature=signature(params.evaluate.threshold, saved_classes(model_dir)),
         input_example=pd.DataFrame({INPUT_COLUMN: [example_png()]}),
         pip_requirements=requirements(),
         registered_model_name=name,

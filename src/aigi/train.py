@@ -2,11 +2,11 @@
 
 Methods (`finetune.method`):
 - contrastive: both towers trained with CLIP's own objective, restricted to the class prompts.
-  With two classes, in-batch image-text pairs of the same class would be false negatives, so each
-  image is scored against the two class-prompt embeddings (recomputed every step, with gradients
+  With few classes, in-batch image-text pairs of the same class would be false negatives, so each
+  image is scored against every class-prompt embedding (REAL and each generator) (recomputed every step, with gradients
   through the text tower) and trained with cross-entropy over classes, as in FLYP (Goyal et al., 2023).
   `lock_text` freezes the text tower: the prompt embeddings are then computed once.
-- linear_probe: frozen CLIP, only the 2-way head trains (initialised from the zero-shot text weights).
+- linear_probe: frozen CLIP, only the N-way head trains (initialised from the zero-shot text weights).
 - full: image tower + head, cross-entropy. The text tower is always locked: it only initialised the head.
 `unlocked_layers` (contrastive, full) trains only the image tower's last N blocks; `wise_alpha` < 1
 interpolates the result with the zero-shot weights (WiSE-FT, Wortsman et al., 2022).
