@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo demo-multigen test lint bench ui clean-demo
+.PHONY: venv repro demo demo-multigen compare test lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ repro: venv
 demo: venv
 	aigi demo
 
+# The demo, then linear_probe, full and contrastive as queued DVC experiments (offline, a few minutes on CPU).
+compare: venv
+	aigi compare
+
 # Attribution offline: three synthetic generators, one of them (VAE) held out of training.
 demo-multigen: venv
 	aigi demo --dir demo-multigen --generators GAN,DIFFUSION,VAE --unseen VAE
@@ -38,8 +42,9 @@ bench: venv
 	python bench/finetune.py
 	python bench/predict.py
 
+# Prints each experiment's runs-table URL (headline columns), then serves the project's store.
 ui: venv
-	mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+	aigi ui
 
 clean-demo:
 	rm -rf demo demo-multigen

@@ -7,7 +7,14 @@ import mlflow
 
 from aigi import device, params, serving, tracking
 from aigi.errors import exits_cleanly
-from aigi.evaluation import mlflow_metrics, mlflow_robustness_metrics, score_robustness, score_test_split
+from aigi.evaluation import (
+    mlflow_metrics,
+    mlflow_robustness_metrics,
+    score_robustness,
+    score_test_split,
+    summary,
+    write_json,
+)
 from aigi.model import load_detector
 from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_IMAGES, RUN_JSON
 
@@ -21,12 +28,14 @@ def main() -> None:
     robust = score_robustness(detector, p, result, PROCESSED, RAW_IMAGES, METRICS / "robustness.json",
                               PLOTS / "robustness")
     zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
+    headline = summary(zeroshot, result)
+    write_json(METRICS / "summary.json", headline)
     with tracking.model_run(p, RUN_JSON):
-        mlflow.log_metrics({**mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
+        mlflow.log_metrics({**headline, **mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
                             **mlflow_robustness_metrics(robust)})
         for name in ("eval", "zeroshot", "robustness"):
             mlflow.log_artifacts(str(PLOTS / name), f"plots/{name}")
-        for name in ("eval", "zeroshot", "robustness"):
+        for name in ("summary", "eval", "zeroshot", "robustness"):
             mlflow.log_artifact(str(METRICS / f"{name}.json"), "metrics")
         version = serving.log_and_register(MODEL_DIR, p)
     worst = min(robust.items(), key=lambda kv: kv[1]["accuracy"], default=None)

@@ -59,7 +59,7 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
 
     with tracking.start_training_run(p, run_id) if world.is_main else contextlib.nullcontext() as mlrun:
         def log_epoch(row: dict) -> None:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))
 
         result = train(
             detector, (train_images, train_table["label"].to_numpy()), (val_images, val_table["label"].to_numpy()),

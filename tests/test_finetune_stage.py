@@ -121,7 +121,7 @@ def test_killed_after_first_checkpoint_resumes_to_the_same_result(tmp_path, proc
     assert not (root / "models" / "finetuned" / "run_id").exists()  # no per-run value inside the model
     run_id = json.loads((root / "models" / "run.json").read_text())["run_id"]
     assert run_id == state["run_id"]  # the resumed run logged into the run the crashed one opened
-    assert metric_steps(tracking, run_id, "val_accuracy") == list(range(1, EPOCHS + 1))
+    assert metric_steps(tracking, run_id, "accuracy/val") == list(range(1, EPOCHS + 1))
 
 
 def test_torchrun_two_gloo_processes_train_and_save_once(tmp_path, processed, tracking):
@@ -136,7 +136,7 @@ def test_torchrun_two_gloo_processes_train_and_save_once(tmp_path, processed, tr
     client = mlflow.MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("finetune-stage-test-ddp").experiment_id])
     assert len(runs) == 1
-    assert metric_steps(tracking, runs[0].info.run_id, "val_accuracy") == [1, 2]
+    assert metric_steps(tracking, runs[0].info.run_id, "accuracy/val") == [1, 2]
 
 
 def test_a_checkpoint_of_other_code_or_a_deleted_run_is_not_resumed(tmp_path, processed, tracking):

@@ -42,9 +42,9 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
 
 
 def test_artifacts_sit_next_to_the_sqlite_database(tmp_path):
-    loc = tracking._artifact_location(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    loc = tracking.artifact_location(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert loc == (tmp_path / "mlartifacts").resolve().as_uri()
-    assert tracking._artifact_location("http://server:5000") is None
+    assert tracking.artifact_location("http://server:5000") is None
 
 
 def test_experiment_created_with_anchored_artifact_root(monkeypatch, tmp_path):

@@ -1,15 +1,18 @@
 """End to end: the demo pipeline (`dvc repro`, synthetic data, tiny CLIP) in a temporary copy of the project."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
+import browser
 import pytest
 from conftest import ROOT
 
-from aigi import demo
+from aigi import compare, demo, tracking
 
 pytestmark = pytest.mark.e2e
 
@@ -22,10 +25,16 @@ def _repro(project: Path, env: dict, *args: str) -> tuple[list[str], str]:
     return re.findall(r"Running stage '(\w+)'", res.stdout), res.stdout
 
 
-def _runs(uri: str, experiment: str):
+def _store(project: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((project / "params.yaml").read_text())["mlflow"]["tracking_uri"]
+
+
+def _runs(project: Path, experiment: str = "aigi-demo"):
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(_store(project))
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
 
 
@@ -34,9 +43,10 @@ def project(tmp_path_factory):
     """The project copied into a fresh git repo with the demo params; the first `dvc repro` already run."""
     tmp = tmp_path_factory.mktemp("e2e")
     project = tmp / "project"
-    demo.prepare(ROOT, project)
-    env = demo.stage_env(ROOT)
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    # The copy's params name its store (as `aigi demo` writes them); no MLFLOW_TRACKING_URI needed.
+    demo.prepare(ROOT, project, {"mlflow": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"}})
+    env = demo.stage_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     ran, _ = _repro(project, env)
     # Commit the results, as a user would, so `dvc metrics diff` has a baseline.
@@ -90,21 +100,29 @@ def test_report_is_self_contained(project):
 
 
 def test_mlflow_run_holds_params_metrics_and_model(project):
-    root, env, _ = project
-    runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
+    root, _, _ = project
+    runs = _runs(root)
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_id == json.loads((root / "models" / "run.json").read_text())["run_id"]
     p = run.data.params
     assert p["finetune.method"] == "contrastive" and p["model.arch"] == "aigi-tiny" and p["seed"] == "42"
     m = run.data.metrics
-    assert {"zeroshot_accuracy", "test_accuracy", "test_roc_auc", "zeroshot_roc_auc", "val_accuracy"} <= set(m)
+    assert {"zeroshot_accuracy", "test_accuracy", "test_roc_auc", "zeroshot_roc_auc", "accuracy/val"} <= set(m)
+    headline = json.loads((root / "metrics" / "summary.json").read_text())
+    assert set(headline) == {"acc_zs", "acc_ft", "auc_zs", "auc_ft", "f1_zs", "f1_ft", "ece_zs", "ece_ft"}
+    assert all(m[k] == v for k, v in headline.items())
+    assert run.info.run_name.startswith("contrastive-aigi-tiny-")
+    assert run.data.tags["mlflow.note.content"].startswith("synthetic data (1,080 train / 400 test images")
+    assert {(i.tags[0].value, i.dataset.digest) for i in run.inputs.dataset_inputs} == {
+        ("training", run.data.tags["dvc_data_version"][4:36]), ("testing", run.data.tags["dvc_data_version"][4:36])}
     assert len(run.data.tags["git_commit"]) == 40
     assert run.data.tags["dvc_data_version"].startswith("md5:")
     import mlflow
 
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    history = client.get_metric_history(run.info.run_id, "val_accuracy")
+    client = mlflow.MlflowClient(_store(root))
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    history = client.get_metric_history(run.info.run_id, "accuracy/val")
     assert [h.step for h in history] == list(range(1, 7))
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"finetuned", "plots", "report", "metrics"} <= artifacts
@@ -135,7 +153,7 @@ def test_second_repro_does_nothing_and_adds_no_run(project):
     root, env, _ = project
     ran, _ = _repro(root, env)
     assert ran == []
-    assert len(_runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")) == 1
+    assert len(_runs(root)) == 1
 
 
 def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_version(project):
@@ -151,7 +169,7 @@ def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_
     try:
         ran, _ = _repro(root, env)
         assert ran == ["evaluate", "report"]  # no retraining: same weights, same registry version, alias kept
-        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        client = mlflow.MlflowClient(_store(root))
         assert [int(v.version) for v in client.search_model_versions("name = 'aigi-demo-detector'")] == [1]
         assert int(client.get_model_version_by_alias("aigi-demo-detector", "newest").version) == 1
     finally:
@@ -166,8 +184,11 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ran = re.findall(r"Running stage '(\w+)'", res.stdout)
     assert ran == ["finetune", "evaluate", "explain", "report"]
-    runs = _runs(env["MLFLOW_TRACKING_URI"], "aigi-demo")
+    runs = _runs(root)
     assert len(runs) == 2
+    names = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=root, env=env,
+                           capture_output=True, text=True).stdout.split()
+    assert max(runs, key=lambda r: r.info.start_time).info.run_name in names  # the MLflow run has the exp's name
     show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, env=env,
                           capture_output=True, text=True)
     assert show.returncode == 0 and "metrics/eval.json" in show.stdout and "metrics/saliency.json" in show.stdout
@@ -178,9 +199,72 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     assert "brier" in changed["metrics/eval.json"] and "metrics/zeroshot.json" not in changed
     import mlflow
 
-    newest = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias("aigi-demo-detector", "newest")
+    newest = mlflow.MlflowClient(_store(root)).get_model_version_by_alias("aigi-demo-detector", "newest")
     assert int(newest.version) == 2 and newest.run_id == max(runs, key=lambda r: r.info.start_time).info.run_id
 
+
+def test_param_edit_in_the_copy_reruns_into_the_same_store(project, tmp_path):
+    """Issue 9.6: `dvc repro` in the demo copy after editing its params, with no MLFLOW_TRACKING_URI."""
+    import yaml
+
+    root, env, _ = project
+    assert "MLFLOW_TRACKING_URI" not in env
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["evaluate"]["bootstrap_samples"] = 100
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    ran, _ = _repro(root, env)
+    assert "evaluate" in ran and "report" in ran and "finetune" not in ran
+    # A store without the recorded run: one line naming the store and the run, no traceback.
+    empty = f"sqlite:///{tmp_path / 'other.db'}"
+    res = subprocess.run([sys.executable, "stages/report.py"], cwd=root, capture_output=True, text=True,
+                         env={**env, "MLFLOW_TRACKING_URI": empty})
+    run_id = json.loads((root / "models" / "run.json").read_text())["run_id"]
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: MLflow run") and run_id in line and empty in line
+
+
+def test_compare_queues_methods_side_by_side_in_dvc_and_mlflow(project):
+    root, _, _ = project
+    table = compare.run(root, methods=("linear_probe", "full"), overrides=["finetune.epochs=2"])
+    assert "cmp-linear-probe" in table and "cmp-full" in table and "acc_zs" in table and "acc_ft" in table
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    # Queued experiments run in temporary copies; their runs still land in the copy's store, named after them.
+    runs = {r.info.run_name: r for r in _runs(root)}
+    assert {"cmp-linear-probe", "cmp-full"} <= set(runs)
+    assert runs["cmp-full"].data.params["finetune.method"] == "full"
+    assert runs["cmp-full"].data.metrics["acc_zs"] == runs["cmp-linear-probe"].data.metrics["acc_zs"]
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
+def test_mlflow_ui_and_report_in_a_real_browser(project, tmp_path):
+    import mlflow
+
+    root, _, _ = project
+    runs = _runs(root)
+    assert len(runs) >= 2
+    exp_id = runs[0].info.experiment_id
+    shots = Path(os.environ.get("AIGI_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    store = _store(root)
+    with browser.mlflow_ui(store, tmp_path / "mlartifacts", tmp_path / "ui.log") as url:
+        # The link `make ui` prints: the runs table with the headline view stored in the experiment.
+        dom = browser.render(tracking.runs_page(url, exp_id), tmp_path / "p1", shots / "mlflow-runs.png")
+        for run in runs:
+            assert run.info.run_name in dom, run.info.run_name
+        assert "acc_zs" in dom and "acc_ft" in dom and "synthetic train" in dom
+        ids = [r.info.run_id for r in runs[:2]]
+        query = urllib.parse.quote(json.dumps(ids)), urllib.parse.quote(json.dumps([exp_id]))
+        dom = browser.render(f"{url}/#/compare-runs?runs={query[0]}&experiments={query[1]}", tmp_path / "p2",
+                             shots / "mlflow-compare.png")
+        for run in runs[:2]:
+            assert run.info.run_name in dom, run.info.run_name
+        assert "acc_zs" in dom and "acc_ft" in dom and "auc_ft" in dom
+    mlflow.set_tracking_uri(None)
+    count, broken, dom = browser.images_loaded(root / "reports" / "report.html", tmp_path)
+    assert count >= 4 and broken == 0, (count, broken)  # the four figures, plus any mistakes shown
+    assert "Zero-shot vs fine-tuned" in dom
+    (shots / "report.png").write_bytes((tmp_path / "report.png").read_bytes())
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +273,7 @@ def multigen(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e-multigen")
     project = tmp / "project"
     demo.prepare(ROOT, project, demo.generator_overrides(ROOT, ["GAN", "DIFFUSION", "VAE"], ["VAE"]))
-    env = demo.stage_env(ROOT)
+    env = demo.stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     _repro(project, env)

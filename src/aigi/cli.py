@@ -1,4 +1,4 @@
-"""The `aigi` command: `aigi demo`, `aigi predict PATH...`."""
+"""The `aigi` command: `aigi demo`, `aigi compare`, `aigi ui`, `aigi predict PATH...`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,34 @@ def _demo(args: argparse.Namespace) -> int:
     if args.params:
         overrides = demo.merge(overrides, demo.file_overrides(root, Path(args.params)))
     return demo.run(root, (root / args.dir).resolve(), overrides)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from aigi import compare
+
+    root = project_root()
+    return compare.main(root, (root / args.dir).resolve())
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """`mlflow ui` on the project's store, after printing where each aigi experiment's runs table is."""
+    import subprocess
+
+    from aigi import tracking
+    from aigi.params import Params
+
+    uri = tracking.use_store(_project_params() or Params())
+    base = f"http://127.0.0.1:{args.port}"
+    import mlflow
+
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # a store not created yet has none
+        for exp in mlflow.search_experiments():
+            if exp.tags.get(tracking.EXPERIMENT_KIND_TAG) == tracking.MODEL_TRAINING:
+                print(f"ui: {exp.name}: {tracking.runs_page(base, exp.experiment_id)}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    artifacts = tracking.artifact_location(uri)
+    return subprocess.run(cmd + (["--default-artifact-root", artifacts] if artifacts else [])).returncode
 
 
 def _project_params():
@@ -109,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(evaluate.unseen_generators)")
     d.add_argument("--params", help="a YAML file of params merged last, e.g. params.multigen-sample.yaml")
     d.set_defaults(func=_demo)
+    c = sub.add_parser("compare", help="the demo, then linear_probe, full and contrastive as queued DVC "
+                       "experiments, side by side with zero-shot")
+    c.add_argument("--dir", default="demo", help="the demo copy to run them in (default: demo/)")
+    c.set_defaults(func=_compare)
+    u = sub.add_parser("ui", help="the MLflow UI on the project's store; prints each experiment's runs table URL")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=_ui)
     p = sub.add_parser("predict", help="P(fake) for image files, folders or globs")
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="a saved model folder, or an MLflow model URI such as models:/NAME@ALIAS or "

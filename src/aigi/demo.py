@@ -3,7 +3,8 @@
 The copy (default `demo/`, git-ignored) gets the project's tracked files, `params.yaml` with
 `params.demo.yaml` merged over it, and its own git repository, then runs `dvc repro`. The user's
 `params.yaml`, and so what `make repro` runs, is untouched; the demo's MLflow runs land in the
-user's store (experiment `aigi-demo`), next to the real ones.
+user's store (experiment `aigi-demo`), next to the real ones: the copy's params name that store by
+its absolute URI, so a later `dvc repro` or `dvc exp run` inside the copy tracks there too.
 
 `--generators A,B,C` makes the synthetic source draw one class per generator (each with its own
 fingerprint), so the demo shows attribution; `--unseen C` holds generators out of training.
@@ -57,6 +58,7 @@ def prepare(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> 
     params = yaml.safe_load((root / "params.yaml").read_text())
     params = merge(params, yaml.safe_load((root / "params.demo.yaml").read_text()) or {})
     params = merge(params, overrides or {})
+    params = merge(params, {"mlflow": {"tracking_uri": store_uri(root, params["mlflow"].get("tracking_uri"))}})
     new = yaml.safe_dump(params, sort_keys=False)
     if not (dest / "params.yaml").is_file() or (dest / "params.yaml").read_text() != new:
         (dest / "params.yaml").write_text(new)
@@ -83,14 +85,20 @@ def share_remotes(root: Path, dest: Path) -> None:
     local.write()
 
 
-def stage_env(root: Path) -> dict[str, str]:
-    """Environment for `dvc` in the copy: this interpreter first on PATH, tracking in the user's store."""
-    from aigi import params
+def store_uri(root: Path, uri: str | None) -> str:
+    """The project's store as the copy must name it: a relative SQLite path would resolve inside the copy."""
+    if not uri:
+        return f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and not Path(path).is_absolute():
+        return f"sqlite:///{(root / path).resolve()}"
+    return uri
 
+
+def stage_env() -> dict[str, str]:
+    """Environment for `dvc` in the copy: this interpreter first on PATH (the stages call `python`)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    user = params.load(root / "params.yaml")
-    env.setdefault("MLFLOW_TRACKING_URI", user.mlflow.tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
     return env
 
 
@@ -126,10 +134,11 @@ def file_overrides(root: Path, path: Path) -> dict[str, Any]:
 def run(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> int:
     prepare(root, dest, overrides)
     print(f"demo: running `dvc repro` in {dest} (synthetic data, {_arch(dest)}, CPU)", flush=True)
-    code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=stage_env(root)).returncode
+    code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=stage_env()).returncode
     if code == 0:
+        uri = yaml.safe_load((dest / "params.yaml").read_text())["mlflow"]["tracking_uri"]
         print(f"demo: done. Report: {dest / 'reports' / 'report.html'}; metrics: {dest / 'metrics'}; "
-              f"MLflow: `mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'}` (experiment aigi-demo)")
+              f"MLflow: `make ui` (store {uri}, experiment aigi-demo)")
     return code
 
 

@@ -72,6 +72,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def summary(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers, zero-shot (`_zs`) next to fine-tuned (`_ft`), for metrics/summary.json and the
+    MLflow runs table. Short names keep `dvc exp show` narrow; `acc_`/`auc_` sort first in MLflow's columns."""
+    out: dict[str, float] = {}
+    for key, name in (("accuracy", "acc"), ("roc_auc", "auc"), ("f1", "f1"), ("ece", "ece")):
+        for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+            out[f"{name}_{tag}"] = round(float(result[key]), 4)
+    for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+        if "attribution" in result:  # several generators: which one made the image
+            out[f"acc_attr_{tag}"] = round(float(result["attribution"]["accuracy"]), 4)
+    return out
+
+
 def mlflow_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
     """Flatten a metrics dict for MLflow: `<prefix>accuracy`, `<prefix>accuracy_ci_low`, `<prefix>tp` ..."""
     out = {f"{prefix}{k}": float(result[k]) for k in metrics.SCALARS}
