@@ -41,6 +41,9 @@ def test_report_has_every_section_and_is_self_contained(tmp_path):
     cell = r"\d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\]"
     assert re.search(rf"\| accuracy \| {cell} \| {cell} \|", md)
     assert "| jpeg_q50 |" in md and "| clean |" in md
+    c_zs, c_ft = (_inputs(tmp_path)[k]["confusion"] for k in ("zeroshot", "finetuned"))
+    assert (f"| confusion (FAKE positive) | TN {c_zs['tn']} · FP {c_zs['fp']} · FN {c_zs['fn']} · TP {c_zs['tp']} "
+            f"| TN {c_ft['tn']} · FP {c_ft['fp']} · FN {c_ft['fn']} · TP {c_ft['tp']} |") in md
     assert "| cat | " in md and "not document" in md
     assert "2 shared by train and test" in md and "`models:/m@newest`" in md and "bootstrap_samples: 1000" in md
     assert "Missing" not in md  # a figure that does not exist is left out, not linked

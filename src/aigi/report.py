@@ -30,9 +30,11 @@ def _cell(result: dict[str, Any], key: str) -> str:
 def comparison_table(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> str:
     rows = ["| metric | zero-shot | fine-tuned |", "|---|---|---|"]
     rows += [f"| {k} | {_cell(zeroshot, k)} | {_cell(finetuned, k)} |" for k in SCALARS]
-    for name, r in (("zero-shot", zeroshot), ("fine-tuned", finetuned)):
+    def confusion(r: dict[str, Any]) -> str:
         c = r["confusion"]
-        rows.append(f"| confusion ({name}) | TN {c['tn']} FP {c['fp']} | FN {c['fn']} TP {c['tp']} |")
+        return f"TN {c['tn']} · FP {c['fp']} · FN {c['fn']} · TP {c['tp']}"
+
+    rows.append(f"| confusion (FAKE positive) | {confusion(zeroshot)} | {confusion(finetuned)} |")
     return "\n".join(rows)
 
 
