@@ -3,7 +3,7 @@
     python bench/saliency.py                                             # aigi-tiny and the small ViT, CPU
     python bench/saliency.py --arch ViT-B-32 --device cuda --images 512  # the real architecture on a GPU
 
-`bench/vit-small-32.json` is a small ViT for CIFAKE at its native 32 px: 4 layers, width 128, patch 4.
+`aigi-vit-small32` (src/aigi/model_configs/) is a small ViT for CIFAKE at its native 32 px: 4 layers, width 128, patch 4.
 Random weights and random pixels: the time does not depend on either.
 """
 
@@ -37,7 +37,7 @@ def _time(fn, repeats: int = 3) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", nargs="+", default=["aigi-tiny", "bench/vit-small-32.json"])
+    ap.add_argument("--arch", nargs="+", default=["aigi-tiny", "aigi-vit-small32"])
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
