@@ -3,7 +3,8 @@
     python bench/saliency.py                                             # aigi-tiny and the small ViT, CPU
     python bench/saliency.py --arch ViT-B-32 --device cuda --images 512  # the real architecture on a GPU
 
-`aigi-vit-small32` (src/aigi/model_configs/) is a small ViT for CIFAKE at its native 32 px: 4 layers, width 128, patch 4.
+`aigi-vit-small32` (src/aigi/model_configs/) is a small ViT for CIFAKE at its native 32 px: 4 layers,
+width 128, patch 4.
 Random weights and random pixels: the time does not depend on either.
 """
 
