@@ -71,3 +71,15 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (32, 32), fmt
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is several times faster than contending for two.
+    Module-scoped, so a module's trained-model fixtures run under it too (use with pytestmark)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

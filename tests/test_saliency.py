@@ -19,12 +19,7 @@ CPU = torch.device("cpu")
 PROMPTS = {"REAL": ["a real photo."], "FAKE": ["an AI-generated image."]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(root, split):

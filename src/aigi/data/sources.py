@@ -362,12 +362,8 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     column = params.label_column
     names = _hf_label_names(folder, column)
     shards = sorted(folder.rglob("*.parquet"))
-    split_of = _splits_by_path(shards, folder)
     written = 0
-    for shard in shards:
-        split = split_of[shard]
-        if split not in SPLITS:
-            continue
+    for shard, split in _split_files(shards, folder):
         pf = pq.ParquetFile(shard)
         columns = pf.schema_arrow.names
         image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
@@ -404,12 +400,8 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
     import pandas as pd
 
     tables = sorted(p for pattern in METADATA_FILES for p in folder.rglob(pattern))
-    split_of = _splits_by_path(tables, folder)
     written = 0
-    for meta in tables:
-        split = split_of[meta]
-        if split not in SPLITS:
-            continue
+    for meta, split in _split_files(tables, folder):
         table = pd.read_csv(meta) if meta.suffix == ".csv" else pd.read_json(meta, lines=True)
         _has_label_column(meta.relative_to(folder).as_posix(), params.label_column, list(table.columns))
         if "file_name" not in table.columns:
@@ -431,15 +423,16 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
     return {"format": "metadata"}
 
 
-def _splits_by_path(files: list[Path], root: Path) -> dict[Path, str | None]:
-    """Each file's split from the words of its path; `val`/`validation` is the test split when no file is `test`."""
+def _split_files(files: list[Path], root: Path) -> list[tuple[Path, str]]:
+    """(file, split) for the files of a train or test split, the split read from the words of the file's path;
+    `val`/`validation` is the test split when no file is `test`; files of no split are left out."""
     split_of: dict[Path, str | None] = {}
     for f in files:
         tokens = set(re.split(r"[^a-z]+", f.relative_to(root).as_posix().lower()))
         split_of[f] = next((s for s in SPLITS if s in tokens), "val" if tokens & {"val", "validation"} else None)
     if "test" not in split_of.values():
         split_of = {k: "test" if v == "val" else v for k, v in split_of.items()}
-    return split_of
+    return [(f, split) for f, split in split_of.items() if split in SPLITS]
 
 
 def _has_label_column(where: str, column: str, columns: list[str]) -> None:
