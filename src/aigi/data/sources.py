@@ -356,6 +356,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     path (`train-00000-of-00002.parquet`, `data/test/...`; `validation` is the test split when
     there is no test shard); files keep the image's original name when the shard stores one.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     params = params or DataParams()
@@ -364,14 +365,17 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     shards = sorted(folder.rglob("*.parquet"))
     written = 0
     for shard, split in _split_files(shards, folder):
-        pf = pq.ParquetFile(shard)
+        try:
+            pf = pq.ParquetFile(shard)
+        except (pa.ArrowException, OSError) as e:
+            raise _not_parquet(shard, e) from None
         columns = pf.schema_arrow.names
         image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
         _has_label_column(shard.name, column, columns)
         if image_col is None:
             raise AigiError(f"{shard.name}: no image column (expected 'image'; columns found: {', '.join(columns)})")
         i = 0
-        for batch in pf.iter_batches(columns=[image_col, column], batch_size=1024):
+        for batch in _batches(pf, shard, [image_col, column]):
             for image, label in zip(batch.column(image_col).to_pylist(), batch.column(column).to_pylist(),
                                     strict=True):
                 raw = names[int(label)] if names and not isinstance(label, str) else str(label)
@@ -390,6 +394,20 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     if not written:
         raise AigiError(f"{folder}: no parquet shard named for a train or test split")
     return {"format": "parquet"}
+
+
+def _batches(pf: Any, shard: Path, columns: list[str]) -> Iterator[Any]:
+    """The shard's record batches; a damaged one (truncated, corrupt pages) is one line naming it."""
+    import pyarrow as pa
+
+    try:
+        yield from pf.iter_batches(columns=columns, batch_size=1024)
+    except (pa.ArrowException, OSError) as e:
+        raise _not_parquet(shard, e) from None
+
+
+def _not_parquet(shard: Path, e: BaseException) -> AigiError:
+    return AigiError(f"{shard}: not a readable parquet file ({_short(e)}); download it again or remove it")
 
 
 def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
