@@ -554,12 +554,14 @@ def test_parquet_rows_without_an_image_are_skipped_and_listed_or_fail(tmp_path):
 
     extra = [{"image": None, "label": "FAKE"},
              {"image": {"bytes": None, "path": "lost.png"}, "label": "FAKE"},
-             {"image": {"bytes": b"not an image", "path": None}, "label": "FAKE"}]
+             {"image": {"bytes": b"not an image", "path": None}, "label": "FAKE"},
+             {"image": {"bytes": b"\x89PNG unlabelled", "path": "x.png"}, "label": None}]
     hub = _hub_with_rows(tmp_path / "hub", tmp_path / "img", extra)
     dest, info = _download(tmp_path / "a", source="local", path=str(hub))
     shard = "data/train-00000-of-00001.parquet"
     assert info["skipped_rows"] == [{"shard": shard, "row": 4, "reason": "image cell is null"},
-                                    {"shard": shard, "row": 5, "reason": "image cell is null"}]
+                                    {"shard": shard, "row": 5, "reason": "image cell is null"},
+                                    {"shard": shard, "row": 7, "reason": "label cell is null"}]
     assert info["counts"]["train/FAKE"] == 3  # the undecodable bytes are a file, judged by preprocess like any other
     assert json.loads((dest / "SOURCE.json").read_text())["skipped_rows"] == info["skipped_rows"]
     pp = PreprocessParams(train_per_class="all", test_per_class="all", val_fraction=0.3, workers=1)

@@ -364,6 +364,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     names = _hf_label_names(folder, column)
     shards = sorted(folder.rglob("*.parquet"))
     written = 0
+    skipped: list[dict[str, Any]] = []  # rows without an image: shard (relative to the dataset), row, reason
     for shard, split in _split_files(shards, folder):
         try:
             pf = pq.ParquetFile(shard)
@@ -378,9 +379,15 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
         for batch in _batches(pf, shard, [image_col, column]):
             for image, label in zip(batch.column(image_col).to_pylist(), batch.column(column).to_pylist(),
                                     strict=True):
+                data = image.get("bytes") if isinstance(image, dict) else image
+                empty = "image" if not isinstance(data, bytes) or not data else "label" if label is None else None
+                if empty:  # no image to write: listed (SOURCE.json), then skipped or failed by preprocess.on_bad_image
+                    skipped.append({"shard": shard.relative_to(folder).as_posix(), "row": i,
+                                    "reason": f"{empty} cell is null"})
+                    i += 1
+                    continue
                 raw = names[int(label)] if names and not isinstance(label, str) else str(label)
                 label_name = class_name(raw, params.real_labels)
-                data = image["bytes"] if isinstance(image, dict) else image
                 original = Path((image.get("path") if isinstance(image, dict) else None) or "").name
                 stem = f"{shard.stem}-{i:06d}"
                 name = original if is_image_file(original) else stem + _image_suffix(data)
@@ -393,7 +400,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
                 i += 1
     if not written:
         raise AigiError(f"{folder}: no parquet shard named for a train or test split")
-    return {"format": "parquet"}
+    return {"format": "parquet", **({"skipped_rows": skipped} if skipped else {})}
 
 
 def _batches(pf: Any, shard: Path, columns: list[str]) -> Iterator[Any]:
