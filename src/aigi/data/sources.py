@@ -344,6 +344,13 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
                 c = _child(s, kind) if s else None
                 if c:
                     found.setdefault((ours, label), []).append((gen, c))
+    # A generator of real images only would be dropped without a word: name it (as summarise names an
+    # empty generator folder of the folder layout).
+    fakes = {folder for key, folders in found.items() if key[1] != REAL for _, folder in folders}
+    for gen_folder in owners.values():
+        if not any(is_image_file(f) for c in fakes if c.is_relative_to(base / gen_folder) for f in c.rglob("*")):
+            raise AigiError(f"GenImage generator {gen_folder} has nature/ but no ai/ images; add its ai/ images "
+                            f"or remove the {gen_folder}/ folder")
     return found
 
 
