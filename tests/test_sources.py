@@ -194,7 +194,7 @@ def test_archive_bombs_refused_before_extraction_completes(tmp_path):
         sources.extract_archive(tpath, tmp_path / "t", 1_000_000, 10**6)
     assert (tmp_path / "t" / "a.bin").exists() and not (tmp_path / "t" / "b.bin").exists()
     with pytest.raises(AigiError, match=r"bomb.tar.gz: over 2 members"):
-        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2)
+        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2, max_ratio=10**4)  # zeros: over the default ratio
     assert not (tmp_path / "t2" / "c.bin").exists()
 
 
@@ -601,7 +601,7 @@ def test_zip_member_that_expands_far_beyond_its_compressed_size_is_refused_befor
     assert path.stat().st_size < 100_000
     out = tmp_path / "o"
     with pytest.raises(AigiError, match=r"^bomb.zip: refusing member 'cifake/zeros.png': it expands 20,000,000 bytes "
-                                        r"from \d+ \(ratio \d+ > 100\), a zip bomb's shape; "
+                                        r"from [\d,]+ \(ratio \d+ > 100\), a decompression bomb's shape; "
                                         r"raise data.max_compression_ratio if expected$"):
         sources.extract_archive(path, out, 10**12, 10**6, max_ratio=100)
     assert not out.exists() or not any(out.rglob("*.*"))  # refused from the member list, nothing written
@@ -609,6 +609,15 @@ def test_zip_member_that_expands_far_beyond_its_compressed_size_is_refused_befor
     with pytest.raises(AigiError, match=r"raise data\.max_compression_ratio"):
         _download(tmp_path / "d", source="local", path=str(path))
     assert sorted(p.name for p in (tmp_path / "d" / "data").iterdir()) == []
+    # a tar.gz compresses as one stream: the archive's own ratio, checked before the member is written
+    tpath = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        info = tarfile.TarInfo("cifake/zeros.png")
+        info.size = 20_000_000
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(AigiError, match=r"^bomb.tar.gz: expands 20,000,000 bytes from [\d,]+ \(ratio \d+ > 100\)"):
+        sources.extract_archive(tpath, tmp_path / "t", 10**12, 10**6, max_ratio=100)
+    assert not (tmp_path / "t" / "cifake" / "zeros.png").exists()
     # a higher ratio lets it through (images barely compress; the guard is for the shape of a bomb)
     sources.extract_archive(path, tmp_path / "ok", 10**12, 10**6, max_ratio=2000)
     assert (tmp_path / "ok" / "cifake" / "zeros.png").stat().st_size == 20_000_000

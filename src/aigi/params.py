@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aigi.errors import AigiError
 
 MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preprocess, predict and serving
+MAX_COMPRESSION_RATIO = 100  # default zip-bomb guard: expanded / compressed size of an archive member (sources.py)
 
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
 # A generator's class name: a safe folder name (data/raw/images/<split>/<CLASS>/), as class_name() makes them.
@@ -57,6 +58,7 @@ class DataParams(Section):
     display_names: dict[str, str] = Field(default_factory=lambda: {"FAKE": "Stable Diffusion 1.4"})
     max_archive_bytes: Annotated[int, Field(gt=0)] = 20_000_000_000  # expanded size limit
     max_archive_members: Annotated[int, Field(gt=0)] = 1_000_000
+    max_compression_ratio: Annotated[float, Field(gt=1)] = MAX_COMPRESSION_RATIO  # a member expanding more: refused
 
     @field_validator("synthetic_generators")
     @classmethod

@@ -30,7 +30,7 @@ from aigi.data.images import is_image_file
 from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError, one_line
-from aigi.params import DataParams
+from aigi.params import MAX_COMPRESSION_RATIO, DataParams
 from aigi.paths import RAW_IMAGES
 from aigi.progress import progress
 
@@ -231,7 +231,8 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
             raise AigiError(f"{path}: not a folder or a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members)
+            extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members,
+                            params.max_compression_ratio)
             return import_dataset(Path(tmp), out, params, move=True)
     layout = params.layout
     if layout == "auto":
@@ -500,12 +501,25 @@ def _hf_label_names(folder: Path, column: str = "label") -> list[str] | None:
 # ---------------------------------------------------------------- archives
 
 
-def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+# Zip bombs (OWASP ASVS 12.1.2: check uploads for "small input files that decompress into huge files"):
+# the total size limit alone lets a 1 GB member of zeros (1 MB compressed) be written first. OWASP's
+# reasoning, as the rules built on it (e.g. Sonar's RSPEC-5042) put it: limit the member count, the
+# total expanded size AND the ratio of expanded to compressed size, which is 1 to 3 for most legitimate
+# archives, and never trust the declared sizes. Images are compressed already (JPEG, PNG, WebP: a ratio
+# of about 1); raw BMP/TIFF or CSV may reach 10 or so; DEFLATE on zeros reaches about 1000. Members
+# smaller than RATIO_MIN_BYTES are never refused by ratio (a black BMP thumbnail compresses 100x, and
+# small members cannot bomb: the total limit bounds them all together).
+RATIO_MIN_BYTES = 1 << 20
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
+                    max_ratio: float = MAX_COMPRESSION_RATIO) -> None:
     """Extract a zip or tar, refusing members that escape `dest`, links, devices, fifos, and bombs.
 
-    A zip's whole member list is checked before anything is written; a tar (a stream) is checked
-    member by member, so a bad or over-limit member stops extraction before it completes. Either
-    way the caller's temporary folder is discarded on error.
+    A zip's whole member list is checked before anything is written, its members' expanded/compressed
+    ratio included (and again on the bytes really written); a tar (a stream) is checked member by
+    member, its expanded size against the archive's own, so a bad or over-limit member stops
+    extraction before it completes. Either way the caller's temporary folder is discarded on error.
     """
     dest = dest.resolve()
 
@@ -528,6 +542,15 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                 f"{archive.name}: expands to over {max_bytes:,} bytes; raise data.max_archive_bytes if expected"
             )
 
+    def ratio(name: str | None, expanded: int, compressed: int) -> None:
+        compressed = max(compressed, 1)
+        if expanded > RATIO_MIN_BYTES and expanded > max_ratio * compressed:
+            what = f"refusing member '{name}': it expands" if name else "expands"
+            raise AigiError(
+                f"{archive.name}: {what} {expanded:,} bytes from {compressed:,} (ratio {expanded / compressed:.0f} > "
+                f"{max_ratio:g}), a decompression bomb's shape; raise data.max_compression_ratio if expected"
+            )
+
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
@@ -538,6 +561,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                     kind = stat.S_IFMT(info.external_attr >> 16)
                     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                         raise refuse(info.filename, _FILE_KINDS.get(kind, "a special file"))
+                    ratio(info.filename, info.file_size, info.compress_size)
                 written = 0
                 for info in progress(infos, desc=f"extract {archive.name}", unit="file", leave=False):
                     target = check(info.filename)
@@ -547,18 +571,23 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as dst:
                         # Count real bytes: a header's declared size can lie.
+                        member = 0
                         while chunk := src.read(1 << 20):
                             written += len(chunk)
+                            member += len(chunk)
                             limits(0, written)
+                            ratio(info.filename, member, info.compress_size)
                             dst.write(chunk)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 total = 0
+                packed = archive.stat().st_size  # a tar.gz compresses as one stream: its ratio is the archive's
                 for count, member in enumerate(
                     progress(tf, desc=f"extract {archive.name}", unit="file", leave=False), start=1
                 ):
                     total += max(member.size, 0)
                     limits(count, total)
+                    ratio(None, total, packed)
                     target = check(member.name)
                     if member.isdir():
                         target.mkdir(parents=True, exist_ok=True)
