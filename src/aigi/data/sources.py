@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -233,7 +234,11 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members,
                             params.max_compression_ratio)
-            return import_dataset(Path(tmp), out, params, move=True)
+            token = _EXTRACTED.set((Path(tmp), path.name))
+            try:
+                return import_dataset(Path(tmp), out, params, move=True)
+            finally:
+                _EXTRACTED.reset(token)
     layout = params.layout
     if layout == "auto":
         layout = detect_layout(path)
@@ -259,6 +264,19 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
     return {"layout": layout, "ignored_non_image_files": ignored}
 
 
+_EXTRACTED: ContextVar[tuple[Path, str] | None] = ContextVar("extracted", default=None)  # (tmp folder, archive)
+
+
+def _shown(p: Path) -> str:
+    """A path as messages name it: inside an extracted archive, the archive and the path in it
+    (`cifake.zip`, `cifake.zip:train/`), never the temporary folder; elsewhere the path itself."""
+    extracted = _EXTRACTED.get()
+    if extracted is None or not p.is_relative_to(extracted[0]):
+        return str(p)
+    rel = p.relative_to(extracted[0]).as_posix()
+    return extracted[1] if rel == "." else f"{extracted[1]}:{rel}{'/' if p.is_dir() else ''}"
+
+
 def _flat_name(f: Path, folder: Path) -> str:
     rel = f.relative_to(folder)
     return "__".join(rel.parts)
@@ -272,7 +290,8 @@ def _child(folder: Path, name: str) -> Path | None:
     """The sub-folder of `folder` called `name`, matched case-insensitively."""
     found = [c for c in _dirs(folder) if c.name.lower() == name.lower()]
     if len(found) > 1:
-        raise AigiError(f"{folder}: {' and '.join(c.name for c in found)} differ only in case; merge them into one")
+        raise AigiError(f"{_shown(folder)}: {' and '.join(c.name for c in found)} differ only in case; "
+                        f"merge them into one")
     return found[0] if found else None
 
 
@@ -312,12 +331,13 @@ def find_layout(root: Path, real_class: str = REAL, depth: int = 3) -> dict[tupl
             for c in _dirs(s):  # type: ignore[arg-type]
                 label = class_name(c.name, (real_class,))
                 if (split, label) in found:
-                    raise AigiError(f"{s}: {found[(split, label)][0][1].name} and {c.name} are both class {label}; "
+                    raise AigiError(f"{_shown(s)}: {found[(split, label)][0][1].name} and {c.name} are both "
+                                    f"class {label}; "
                                     f"merge or rename one")
                 found[(split, label)] = [(c.name, c)]
         return found
     raise AigiError(
-        f"{root}: no dataset layout found (expected train/ and test/, each with one folder per class: "
+        f"{_shown(root)}: no dataset layout found (expected train/ and test/, each with one folder per class: "
         f"{real_class}/ and one per generator, e.g. FAKE/; or GenImage's <Generator>/{{train,val}}/{{ai,nature}}/; "
         f"or parquet shards); found: {_seen(root)}"
     )
@@ -328,7 +348,7 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
     parents = [f for f in _walk(root, 4) if any(
         (s := _child(f, split)) and any(_child(s, k) for k in GENIMAGE_KINDS) for split in GENIMAGE_SPLITS)]
     if not parents:
-        raise AigiError(f"{root}: no GenImage layout found (<Generator>/{{train,val}}/{{ai,nature}}/); "
+        raise AigiError(f"{_shown(root)}: no GenImage layout found (<Generator>/{{train,val}}/{{ai,nature}}/); "
                         f"found: {_seen(root)}")
     base = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
     found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
@@ -337,7 +357,7 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
         gen_folder = parent.relative_to(base).parts[0]
         gen = class_name(gen_folder, ())
         if owners.setdefault(gen, gen_folder) != gen_folder:
-            raise AigiError(f"{base}: generator folders {owners[gen]} and {gen_folder} are both class {gen}; "
+            raise AigiError(f"{_shown(base)}: generator folders {owners[gen]} and {gen_folder} are both class {gen}; "
                             f"rename one")
         for split, ours in GENIMAGE_SPLITS.items():
             s = _child(parent, split)
@@ -407,7 +427,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
                 written += 1
                 i += 1
     if not written:
-        raise AigiError(f"{folder}: no parquet shard named for a train or test split")
+        raise AigiError(f"{_shown(folder)}: no parquet shard named for a train or test split")
     return {"format": "parquet", **({"skipped_rows": skipped} if skipped else {})}
 
 
@@ -422,7 +442,7 @@ def _batches(pf: Any, shard: Path, columns: list[str]) -> Iterator[Any]:
 
 
 def _not_parquet(shard: Path, e: BaseException) -> AigiError:
-    return AigiError(f"{shard}: not a readable parquet file ({_short(e)}); download it again or remove it")
+    return AigiError(f"{_shown(shard)}: not a readable parquet file ({_short(e)}); download it again or remove it")
 
 
 def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
@@ -438,11 +458,11 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
         table = pd.read_csv(meta) if meta.suffix == ".csv" else pd.read_json(meta, lines=True)
         _has_label_column(meta.relative_to(folder).as_posix(), params.label_column, list(table.columns))
         if "file_name" not in table.columns:
-            raise AigiError(f"{meta}: no file_name column (columns found: {', '.join(table.columns)})")
+            raise AigiError(f"{_shown(meta)}: no file_name column (columns found: {', '.join(table.columns)})")
         for rel, label in zip(table["file_name"], table[params.label_column], strict=True):
             src = (meta.parent / str(rel)).resolve()
             if not src.is_relative_to(meta.parent.resolve()) or not src.is_file():
-                raise AigiError(f"{meta}: file_name {rel!r} is not a file under {meta.parent.name}/")
+                raise AigiError(f"{_shown(meta)}: file_name {rel!r} is not a file under {meta.parent.name}/")
             if not is_image_file(src):
                 continue
             target = out / split / class_name(str(label), params.real_labels) / src.name
@@ -452,7 +472,7 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
             (os.replace if move else shutil.copyfile)(src, target)
             written += 1
     if not written:
-        raise AigiError(f"{folder}: no metadata file named for a train or test split")
+        raise AigiError(f"{_shown(folder)}: no metadata file named for a train or test split")
     return {"format": "metadata"}
 
 
