@@ -639,6 +639,21 @@ def test_zip_member_whose_header_understates_its_size_is_not_written_past_it(tmp
     assert not written.exists() or written.stat().st_size <= 1000
 
 
+def test_zip_member_whose_header_overstates_its_compressed_size_is_still_refused(tmp_path):
+    """A member cannot have more compressed bytes than the archive holds: the ratio is taken against that."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * 5_000_000)
+    data = bytearray(path.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # central directory entry: compressed size at +20
+    data[cd + 20: cd + 24] = (50_000_000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(AigiError, match=r"^liar.zip: refusing member 'zeros.bin': it expands 5,000,000 bytes from "
+                                        r"[\d,]+ \(ratio \d+ > 100\)"):
+        sources.extract_archive(path, tmp_path / "o", 10**12, 10**6, max_ratio=100)
+    assert not (tmp_path / "o" / "zeros.bin").exists()
+
+
 def test_errors_inside_an_archive_name_the_archive_and_the_path_in_it(tmp_path):
     from conftest import write_images
 

@@ -110,7 +110,7 @@ def known_archs() -> frozenset[str]:
 def _check_arch(arch: str, root: Path | None) -> str:
     """`model.arch`: an open_clip model name, a packaged config (`aigi-tiny`), or an existing config JSON."""
     if arch.endswith(".json"):
-        path = Path(arch).expanduser()
+        path = Path(arch)
         path = path if path.is_absolute() or root is None else root / path
         if not path.is_file():
             raise ValueError("no such model-config JSON file (a relative path is read from the project root); "

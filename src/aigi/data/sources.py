@@ -332,8 +332,7 @@ def find_layout(root: Path, real_class: str = REAL, depth: int = 3) -> dict[tupl
                 label = class_name(c.name, (real_class,))
                 if (split, label) in found:
                     raise AigiError(f"{_shown(s)}: {found[(split, label)][0][1].name} and {c.name} are both "
-                                    f"class {label}; "
-                                    f"merge or rename one")
+                                    f"class {label}; merge or rename one")
                 found[(split, label)] = [(c.name, c)]
         return found
     raise AigiError(
@@ -563,7 +562,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
             )
 
     def ratio(name: str | None, expanded: int, compressed: int) -> None:
-        compressed = max(compressed, 1)
+        compressed = max(min(compressed, packed), 1)
         if expanded > RATIO_MIN_BYTES and expanded > max_ratio * compressed:
             what = f"refusing member '{name}': it expands" if name else "expands"
             raise AigiError(
@@ -572,6 +571,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
             )
 
     try:
+        packed = archive.stat().st_size  # no member holds more compressed bytes than the archive: caps the header's
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
@@ -590,7 +590,8 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
                         continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as dst:
-                        # Count real bytes: a header's declared size can lie.
+                        # Count real bytes: a header's declared size can lie (this does not rely on zipfile
+                        # stopping at the declared size).
                         member = 0
                         while chunk := src.read(1 << 20):
                             written += len(chunk)
@@ -600,8 +601,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
                             dst.write(chunk)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                total = 0
-                packed = archive.stat().st_size  # a tar.gz compresses as one stream: its ratio is the archive's
+                total = 0  # a tar.gz compresses as one stream: its ratio is the archive's
                 for count, member in enumerate(
                     progress(tf, desc=f"extract {archive.name}", unit="file", leave=False), start=1
                 ):
