@@ -47,6 +47,8 @@ def test_flat_params_are_dotted():
         ({"zeroshot": {"generator_templates": ["made by a computer."]}}, "zeroshot.generator_templates: each template "
          "needs exactly one {name}"),
         ({"sed": 1}, "sed: unknown key"),
+        ({"model": {"arch": "ViT-Z-99"}}, "model.arch: not a known model; use an open_clip name (e.g. "),
+        ({"model": {"arch": "configs/nope.json"}}, "model.arch: no such model-config JSON file"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, expected):
@@ -119,3 +121,40 @@ def test_multigen_sample_params_are_valid_and_name_the_small_vit():
     assert (p.data.source, p.finetune.method, p.finetune.epochs, p.finetune.batch_size) == ("local", "full", 6, 128)
     assert p.data.path.endswith("shared/data/multigen-sample/multigen-sample.zip")
     assert input_size(str(ROOT / p.model.arch)) == 32 and set(p.zeroshot.prompts) == {"REAL"}
+
+
+def test_model_arch_is_checked_when_params_load(tmp_path):
+    for ok in ("ViT-B-32", "ViT-L-14", "aigi-tiny", "aigi-vit-small32"):
+        assert params.parse({"model": {"arch": ok}}).model.arch == ok
+    with pytest.raises(AigiError) as err:
+        params.parse({"model": {"arch": "ViT-Z-99"}}, "params.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("params.yaml: model.arch: not a known model")
+    assert "ViT-B-32" in msg and "aigi-tiny" in msg and "model-config JSON" in msg and msg.endswith("(got 'ViT-Z-99')")
+    # a config JSON: a relative path is read from the folder of params.yaml (the project root), where the stages run
+    config = tmp_path / "configs" / "mine.json"
+    config.parent.mkdir()
+    config.write_text((ROOT / "src" / "aigi" / "model_configs" / "aigi-tiny.json").read_text())
+    (tmp_path / "params.yaml").write_text("model:\n  arch: configs/mine.json\n")
+    assert params.load(tmp_path / "params.yaml").model.arch == "configs/mine.json"
+    config.write_text('{"embed_dim": 8}')
+    with pytest.raises(AigiError, match=r"model.arch: .*not an open_clip model config \(it needs vision_cfg, text_cfg"):
+        params.load(tmp_path / "params.yaml")
+    config.unlink()
+    with pytest.raises(AigiError, match=r"params.yaml: model.arch: no such model-config JSON file"):
+        params.load(tmp_path / "params.yaml")
+
+
+def test_model_arch_names_are_open_clips_without_importing_it():
+    import subprocess
+    import sys
+
+    code = ("import sys; from aigi import params; params.parse({'model': {'arch': 'ViT-B-16'}}); "
+            "assert 'open_clip' not in sys.modules and 'torch' not in sys.modules, 'imported'; "
+            "print(sorted(params.known_archs()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import open_clip
+
+    import aigi.model  # noqa: F401  (registers the packaged configs with open_clip)
+
+    assert eval(out) == sorted(open_clip.list_models())

@@ -194,7 +194,7 @@ def test_archive_bombs_refused_before_extraction_completes(tmp_path):
         sources.extract_archive(tpath, tmp_path / "t", 1_000_000, 10**6)
     assert (tmp_path / "t" / "a.bin").exists() and not (tmp_path / "t" / "b.bin").exists()
     with pytest.raises(AigiError, match=r"bomb.tar.gz: over 2 members"):
-        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2)
+        sources.extract_archive(tpath, tmp_path / "t2", 10**9, 2, max_ratio=10**4)  # zeros: over the default ratio
     assert not (tmp_path / "t2" / "c.bin").exists()
 
 
@@ -515,3 +515,165 @@ def test_image_folders_with_a_metadata_label_column(tmp_path):
     with pytest.raises(AigiError, match=r"test/metadata.csv: no label column 'generator' \(columns found: "
                                         r"file_name, model\)"):
         _download(tmp_path / "b", source="local", path=str(hub), label_column="generator")
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 16)
+
+
+def _hub_with_rows(root: Path, images_dir: Path, extra: list) -> Path:
+    """A parquet dataset: train and test shards of good rows (REAL and FAKE), plus `extra` rows in the train shard."""
+    import pandas as pd
+    from conftest import write_images
+
+    (root / "data").mkdir(parents=True)
+    for k, split in enumerate(("train", "test")):
+        rows = [{"image": {"bytes": f.read_bytes(), "path": f"{label}-{f.name}"}, "label": label}
+                for j, label in enumerate(("REAL", "FAKE"))
+                for f in write_images(images_dir / split / label, 2, seed=10 * k + j)]
+        if split == "train":
+            rows += extra
+        pd.DataFrame(rows).to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def test_a_parquet_file_that_is_not_parquet_is_one_line_naming_the_shard(tmp_path):
+    hub = _hub_with_rows(tmp_path / "hub", tmp_path / "img", [])
+    (hub / "data" / "test-00000-of-00001.parquet").write_bytes(b"oops")  # an HTML error page, a truncated copy...
+    with pytest.raises(AigiError) as err:
+        _download(tmp_path / "a", source="local", path=str(hub))
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert re.search(r"hub/data/test-00000-of-00001.parquet: not a readable parquet file \(.*\); "
+                     r"download it again or remove it", msg), msg
+    assert not (tmp_path / "a" / "data" / "raw").exists()
+
+
+def test_parquet_rows_without_an_image_are_skipped_and_listed_or_fail(tmp_path):
+    from aigi.data import preprocess
+    from aigi.params import PreprocessParams
+
+    extra = [{"image": None, "label": "FAKE"},
+             {"image": {"bytes": None, "path": "lost.png"}, "label": "FAKE"},
+             {"image": {"bytes": b"not an image", "path": None}, "label": "FAKE"},
+             {"image": {"bytes": b"\x89PNG unlabelled", "path": "x.png"}, "label": None}]
+    hub = _hub_with_rows(tmp_path / "hub", tmp_path / "img", extra)
+    dest, info = _download(tmp_path / "a", source="local", path=str(hub))
+    shard = "data/train-00000-of-00001.parquet"
+    assert info["skipped_rows"] == [{"shard": shard, "row": 4, "reason": "image cell is null"},
+                                    {"shard": shard, "row": 5, "reason": "image cell is null"},
+                                    {"shard": shard, "row": 7, "reason": "label cell is null"}]
+    assert info["counts"]["train/FAKE"] == 3  # the undecodable bytes are a file, judged by preprocess like any other
+    assert json.loads((dest / "SOURCE.json").read_text())["skipped_rows"] == info["skipped_rows"]
+    pp = PreprocessParams(train_per_class="all", test_per_class="all", val_fraction=0.3, workers=1)
+    m = preprocess.run(dest / "images", tmp_path / "processed", pp, seed=0, image_size=16)
+    assert {"file": shard, "row": 4, "reason": "image cell is null"} in m["skipped"]
+    assert {"file": shard, "row": 5, "reason": "image cell is null"} in m["skipped"]
+    bad = [s for s in m["skipped"] if "row" not in s]
+    assert [s["file"] for s in bad] == ["train/FAKE/train-00000-of-00001-000006.png"]  # shard and row in its name
+    with pytest.raises(AigiError, match=rf"^{shard} row 4: image cell is null; fix or remove it, or set "
+                                        r"preprocess.on_bad_image: skip$"):
+        preprocess.run(dest / "images", tmp_path / "processed2", pp.model_copy(update={"on_bad_image": "fail"}),
+                       seed=0, image_size=16)
+    assert not (tmp_path / "processed2").exists()
+
+
+def test_genimage_generator_with_nature_but_no_ai_images_is_one_line(tmp_path):
+    from conftest import write_images
+
+    root = tmp_path / "GenImage"
+    for k, gen in enumerate(("ADM", "BigGAN")):
+        write_images(root / gen / "train" / "nature", 2, seed=10 * k)
+        write_images(root / gen / "val" / "nature", 1, seed=10 * k + 1)
+        if gen == "ADM":
+            write_images(root / gen / "train" / "ai", 2, seed=10 * k + 2)
+            write_images(root / gen / "val" / "ai", 1, seed=10 * k + 3)
+    with pytest.raises(AigiError, match=r"GenImage generator BigGAN has nature/ but no ai/ images; "
+                                        r"add its ai/ images or remove the BigGAN/ folder"):
+        _download(tmp_path / "a", source="local", path=str(root))
+    assert not (tmp_path / "a" / "data" / "raw").exists()
+
+
+def test_zip_member_that_expands_far_beyond_its_compressed_size_is_refused_before_writing(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cifake/ok.txt", b"fine")
+        zf.writestr("cifake/zeros.png", b"\0" * 20_000_000)  # ~20 KB compressed: ratio ~1000
+    assert path.stat().st_size < 100_000
+    out = tmp_path / "o"
+    with pytest.raises(AigiError, match=r"^bomb.zip: refusing member 'cifake/zeros.png': it expands 20,000,000 bytes "
+                                        r"from [\d,]+ \(ratio \d+ > 100\), a decompression bomb's shape; "
+                                        r"raise data.max_compression_ratio if expected$"):
+        sources.extract_archive(path, out, 10**12, 10**6, max_ratio=100)
+    assert not out.exists() or not any(out.rglob("*.*"))  # refused from the member list, nothing written
+    # through the download stage: the param in the dataset section, nothing left behind
+    with pytest.raises(AigiError, match=r"raise data\.max_compression_ratio"):
+        _download(tmp_path / "d", source="local", path=str(path))
+    assert sorted(p.name for p in (tmp_path / "d" / "data").iterdir()) == []
+    # a tar.gz compresses as one stream: the archive's own ratio, checked before the member is written
+    tpath = tmp_path / "bomb.tar.gz"
+    with tarfile.open(tpath, "w:gz") as tf:
+        info = tarfile.TarInfo("cifake/zeros.png")
+        info.size = 20_000_000
+        tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    with pytest.raises(AigiError, match=r"^bomb.tar.gz: expands 20,000,000 bytes from [\d,]+ \(ratio \d+ > 100\)"):
+        sources.extract_archive(tpath, tmp_path / "t", 10**12, 10**6, max_ratio=100)
+    assert not (tmp_path / "t" / "cifake" / "zeros.png").exists()
+    # a higher ratio lets it through (images barely compress; the guard is for the shape of a bomb)
+    sources.extract_archive(path, tmp_path / "ok", 10**12, 10**6, max_ratio=2000)
+    assert (tmp_path / "ok" / "cifake" / "zeros.png").stat().st_size == 20_000_000
+
+
+def test_zip_member_whose_header_understates_its_size_is_not_written_past_it(tmp_path):
+    """Declared sizes can lie: the bytes written are counted, and a member is never written past what it declared."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * 5_000_000)
+    data = bytearray(path.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # central directory entry: uncompressed size at +24, local header's at +22
+    data[cd + 24: cd + 28] = (1000).to_bytes(4, "little")
+    data[30 - 8: 30 - 4] = (1000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(AigiError, match=r"^liar.zip: "):
+        sources.extract_archive(path, tmp_path / "o", 10**12, 10**6, max_ratio=100)
+    written = tmp_path / "o" / "zeros.bin"
+    assert not written.exists() or written.stat().st_size <= 1000
+
+
+def test_zip_member_whose_header_overstates_its_compressed_size_is_still_refused(tmp_path):
+    """A member cannot have more compressed bytes than the archive holds: the ratio is taken against that."""
+    path = tmp_path / "liar.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * 5_000_000)
+    data = bytearray(path.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")  # central directory entry: compressed size at +20
+    data[cd + 20: cd + 24] = (50_000_000).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(AigiError, match=r"^liar.zip: refusing member 'zeros.bin': it expands 5,000,000 bytes from "
+                                        r"[\d,]+ \(ratio \d+ > 100\)"):
+        sources.extract_archive(path, tmp_path / "o", 10**12, 10**6, max_ratio=100)
+    assert not (tmp_path / "o" / "zeros.bin").exists()
+
+
+def test_errors_inside_an_archive_name_the_archive_and_the_path_in_it(tmp_path):
+    from conftest import write_images
+
+    nothing = tmp_path / "nothing"
+    write_images(nothing / "images" / "cats", 1)
+    with pytest.raises(AigiError) as err:
+        _download(tmp_path / "a", source="local", path=str(_cifake_zip(nothing, tmp_path / "cifake.zip")))
+    assert str(err.value).startswith("cifake.zip: no dataset layout found") and "tmp" not in str(err.value)
+    clash = tmp_path / "clash"
+    for split in ("train", "test"):
+        for label in ("REAL", "SD14"):
+            write_images(clash / split / label, 1)
+    write_images(clash / "train" / "sd14", 1)
+    with pytest.raises(AigiError, match=r"^cifake2.zip:train/: SD14 and sd14 are both class SD14; "
+                                        r"merge or rename one$"):
+        _download(tmp_path / "b", source="local", path=str(_cifake_zip(clash, tmp_path / "cifake2.zip")))
+    hub = _hub_with_rows(tmp_path / "hub", tmp_path / "img", [])
+    (hub / "data" / "test-00000-of-00001.parquet").write_bytes(b"oops")
+    with pytest.raises(AigiError, match=r"^hub.zip:data/test-00000-of-00001.parquet: not a readable parquet file"):
+        _download(tmp_path / "c", source="local", path=str(_cifake_zip(hub, tmp_path / "hub.zip")))
+    # outside an archive, the user's own folder is named as it is
+    with pytest.raises(AigiError, match=rf"^{re.escape(str(clash / 'train'))}: SD14 and sd14 are both class SD14"):
+        _download(tmp_path / "d", source="local", path=str(clash))

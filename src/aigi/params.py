@@ -7,17 +7,22 @@ out-of-range value, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import difflib
+import json
 import re
 import string
+from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from aigi.errors import AigiError
 
 MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preprocess, predict and serving
+MAX_COMPRESSION_RATIO = 100  # default zip-bomb guard: expanded / compressed size of an archive member (sources.py)
 
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
 # A generator's class name: a safe folder name (data/raw/images/<split>/<CLASS>/), as class_name() makes them.
@@ -57,6 +62,7 @@ class DataParams(Section):
     display_names: dict[str, str] = Field(default_factory=lambda: {"FAKE": "Stable Diffusion 1.4"})
     max_archive_bytes: Annotated[int, Field(gt=0)] = 20_000_000_000  # expanded size limit
     max_archive_members: Annotated[int, Field(gt=0)] = 1_000_000
+    max_compression_ratio: Annotated[float, Field(gt=1)] = MAX_COMPRESSION_RATIO  # a member expanding more: refused
 
     @field_validator("synthetic_generators")
     @classmethod
@@ -88,10 +94,55 @@ class PreprocessParams(Section):
     max_image_pixels: Annotated[int, Field(gt=0)] = MAX_IMAGE_PIXELS  # decompression-bomb guard
 
 
+PACKAGED_CONFIGS = Path(__file__).parent / "model_configs"  # aigi-tiny and the project's other model configs
+CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")  # what open_clip needs of a model config
+
+
+@lru_cache(maxsize=1)
+def known_archs() -> frozenset[str]:
+    """open_clip.list_models() plus the packaged configs, read from the config files: params are loaded by
+    every stage, and importing open_clip (torch and more) only to check a name would cost seconds."""
+    spec = find_spec("open_clip")
+    folders = [Path(d) / "model_configs" for d in (spec.submodule_search_locations or [])] if spec else []
+    return frozenset(f.stem for d in (*folders, PACKAGED_CONFIGS) for f in d.glob("*.json"))
+
+
+def _check_arch(arch: str, root: Path | None) -> str:
+    """`model.arch`: an open_clip model name, a packaged config (`aigi-tiny`), or an existing config JSON."""
+    if arch.endswith(".json"):
+        path = Path(arch)
+        path = path if path.is_absolute() or root is None else root / path
+        if not path.is_file():
+            raise ValueError("no such model-config JSON file (a relative path is read from the project root); "
+                             "fix the path, or use an open_clip model name such as ViT-B-32")
+        try:
+            config = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            config = None
+        missing = [k for k in CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+        if missing:
+            raise ValueError(f"{path.name} is not an open_clip model config (it needs {', '.join(missing)}); "
+                             f"see {PACKAGED_CONFIGS.name}/aigi-tiny.json in the package for an example")
+        return arch
+    names = known_archs()
+    if arch in names:
+        return arch
+    packaged = sorted(f.stem for f in PACKAGED_CONFIGS.glob("*.json"))
+    close = difflib.get_close_matches(arch, sorted(names), n=3)
+    raise ValueError(f"not a known model; use an open_clip name (e.g. ViT-B-32, ViT-B-16, ViT-L-14"
+                     f"{'; closest: ' + ', '.join(close) if close else ''}; all: open_clip.list_models()), "
+                     f"{', '.join(packaged)}, or the path of an open_clip model-config JSON")
+
+
 class ModelParams(Section):
     arch: str = "ViT-B-32"  # open_clip name, `aigi-tiny`, or a path to a model-config JSON
     pretrained: str = "openai"  # open_clip tag, a local checkpoint path, or `none`
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str, info: ValidationInfo) -> str:
+        return _check_arch(v, (info.context or {}).get("root"))
 
     @field_validator("device")
     @classmethod
@@ -260,13 +311,14 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(seen.values())
 
 
-def parse(raw: Any, source: str = "params") -> Params:
+def parse(raw: Any, source: str = "params", root: Path | None = None) -> Params:
+    """Validated params; `root` is the folder relative paths are read from (default: the current folder)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise AigiError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(raw, context={"root": root})
     except ValidationError as e:
         raise AigiError(_one_line(e, source)) from None
 
@@ -281,4 +333,4 @@ def load(path: str | Path = "params.yaml") -> Params:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise AigiError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    return parse(raw, str(path))
+    return parse(raw, str(path), path.parent)

@@ -280,6 +280,7 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
     images get label -1 and their generator's name as label_name.
     """
     workers = worker_count(params)
+    skipped_rows = _source_skipped_rows(raw.parent / "SOURCE.json", params.on_bad_image)
     with atomic_dir(dest) as out, worker_pool(workers) as pool:
         split_plan = plan(raw, params, seed, pool, unseen)
         sums = raw.parent / "SHA256SUMS"  # the content of the raw data, not where or when it came from
@@ -296,7 +297,7 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
             "ignored_non_image_files": len(split_plan.ignored_non_images),
             "ignored_examples": split_plan.ignored_non_images[:EXAMPLES],
             "splits": {},
-            "skipped": [],
+            "skipped": skipped_rows,
             "original_sizes": {},
         }
         sizes = {name: SizeTally() for name in split_plan.found_classes}
@@ -307,6 +308,17 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
         manifest["original_sizes"] = {name: t.summary() for name, t in sizes.items() if t.sizes}
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _source_skipped_rows(source_json: Path, on_bad_image: str) -> list[dict[str, Any]]:
+    """Rows of a parquet source that held no image (the download lists them in SOURCE.json): listed as
+    skipped like an unreadable file, or one line with `preprocess.on_bad_image: fail`."""
+    rows = json.loads(source_json.read_text()).get("skipped_rows", []) if source_json.is_file() else []
+    if rows and on_bad_image == "fail":
+        r = rows[0]
+        raise AigiError(f"{r['shard']} row {r['row']}: {r['reason']}; fix or remove it, or set "
+                        f"preprocess.on_bad_image: skip")
+    return [{"file": r["shard"], "row": r["row"], "reason": r["reason"]} for r in rows]
 
 
 def _display_names(source_json: Path, classes: list[str]) -> dict[str, str]:

@@ -21,6 +21,7 @@ import urllib.request
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from aigi.data.images import is_image_file
 from aigi.data.store import sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError, one_line
-from aigi.params import DataParams
+from aigi.params import MAX_COMPRESSION_RATIO, DataParams
 from aigi.paths import RAW_IMAGES
 from aigi.progress import progress
 
@@ -231,8 +232,13 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
             raise AigiError(f"{path}: not a folder or a supported archive ({', '.join(ARCHIVE_SUFFIXES)})")
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members)
-            return import_dataset(Path(tmp), out, params, move=True)
+            extract_archive(path, Path(tmp), params.max_archive_bytes, params.max_archive_members,
+                            params.max_compression_ratio)
+            token = _EXTRACTED.set((Path(tmp), path.name))
+            try:
+                return import_dataset(Path(tmp), out, params, move=True)
+            finally:
+                _EXTRACTED.reset(token)
     layout = params.layout
     if layout == "auto":
         layout = detect_layout(path)
@@ -258,6 +264,19 @@ def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False
     return {"layout": layout, "ignored_non_image_files": ignored}
 
 
+_EXTRACTED: ContextVar[tuple[Path, str] | None] = ContextVar("extracted", default=None)  # (tmp folder, archive)
+
+
+def _shown(p: Path) -> str:
+    """A path as messages name it: inside an extracted archive, the archive and the path in it
+    (`cifake.zip`, `cifake.zip:train/`), never the temporary folder; elsewhere the path itself."""
+    extracted = _EXTRACTED.get()
+    if extracted is None or not p.is_relative_to(extracted[0]):
+        return str(p)
+    rel = p.relative_to(extracted[0]).as_posix()
+    return extracted[1] if rel == "." else f"{extracted[1]}:{rel}{'/' if p.is_dir() else ''}"
+
+
 def _flat_name(f: Path, folder: Path) -> str:
     rel = f.relative_to(folder)
     return "__".join(rel.parts)
@@ -271,7 +290,8 @@ def _child(folder: Path, name: str) -> Path | None:
     """The sub-folder of `folder` called `name`, matched case-insensitively."""
     found = [c for c in _dirs(folder) if c.name.lower() == name.lower()]
     if len(found) > 1:
-        raise AigiError(f"{folder}: {' and '.join(c.name for c in found)} differ only in case; merge them into one")
+        raise AigiError(f"{_shown(folder)}: {' and '.join(c.name for c in found)} differ only in case; "
+                        f"merge them into one")
     return found[0] if found else None
 
 
@@ -311,12 +331,12 @@ def find_layout(root: Path, real_class: str = REAL, depth: int = 3) -> dict[tupl
             for c in _dirs(s):  # type: ignore[arg-type]
                 label = class_name(c.name, (real_class,))
                 if (split, label) in found:
-                    raise AigiError(f"{s}: {found[(split, label)][0][1].name} and {c.name} are both class {label}; "
-                                    f"merge or rename one")
+                    raise AigiError(f"{_shown(s)}: {found[(split, label)][0][1].name} and {c.name} are both "
+                                    f"class {label}; merge or rename one")
                 found[(split, label)] = [(c.name, c)]
         return found
     raise AigiError(
-        f"{root}: no dataset layout found (expected train/ and test/, each with one folder per class: "
+        f"{_shown(root)}: no dataset layout found (expected train/ and test/, each with one folder per class: "
         f"{real_class}/ and one per generator, e.g. FAKE/; or GenImage's <Generator>/{{train,val}}/{{ai,nature}}/; "
         f"or parquet shards); found: {_seen(root)}"
     )
@@ -327,7 +347,7 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
     parents = [f for f in _walk(root, 4) if any(
         (s := _child(f, split)) and any(_child(s, k) for k in GENIMAGE_KINDS) for split in GENIMAGE_SPLITS)]
     if not parents:
-        raise AigiError(f"{root}: no GenImage layout found (<Generator>/{{train,val}}/{{ai,nature}}/); "
+        raise AigiError(f"{_shown(root)}: no GenImage layout found (<Generator>/{{train,val}}/{{ai,nature}}/); "
                         f"found: {_seen(root)}")
     base = Path(os.path.commonpath(parents)) if len(parents) > 1 else parents[0].parent
     found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
@@ -336,7 +356,7 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
         gen_folder = parent.relative_to(base).parts[0]
         gen = class_name(gen_folder, ())
         if owners.setdefault(gen, gen_folder) != gen_folder:
-            raise AigiError(f"{base}: generator folders {owners[gen]} and {gen_folder} are both class {gen}; "
+            raise AigiError(f"{_shown(base)}: generator folders {owners[gen]} and {gen_folder} are both class {gen}; "
                             f"rename one")
         for split, ours in GENIMAGE_SPLITS.items():
             s = _child(parent, split)
@@ -344,6 +364,13 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
                 c = _child(s, kind) if s else None
                 if c:
                     found.setdefault((ours, label), []).append((gen, c))
+    # A generator of real images only would be dropped without a word: name it (as summarise names an
+    # empty generator folder of the folder layout).
+    fakes = {folder for key, folders in found.items() if key[1] != REAL for _, folder in folders}
+    for gen_folder in owners.values():
+        if not any(is_image_file(f) for c in fakes if c.is_relative_to(base / gen_folder) for f in c.rglob("*")):
+            raise AigiError(f"GenImage generator {gen_folder} has nature/ but no ai/ images; add its ai/ images "
+                            f"or remove the {gen_folder}/ folder")
     return found
 
 
@@ -356,6 +383,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     path (`train-00000-of-00002.parquet`, `data/test/...`; `validation` is the test split when
     there is no test shard); files keep the image's original name when the shard stores one.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     params = params or DataParams()
@@ -363,20 +391,30 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     names = _hf_label_names(folder, column)
     shards = sorted(folder.rglob("*.parquet"))
     written = 0
+    skipped: list[dict[str, Any]] = []  # rows without an image: shard (relative to the dataset), row, reason
     for shard, split in _split_files(shards, folder):
-        pf = pq.ParquetFile(shard)
+        try:
+            pf = pq.ParquetFile(shard)
+        except (pa.ArrowException, OSError) as e:
+            raise _not_parquet(shard, e) from None
         columns = pf.schema_arrow.names
         image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
         _has_label_column(shard.name, column, columns)
         if image_col is None:
             raise AigiError(f"{shard.name}: no image column (expected 'image'; columns found: {', '.join(columns)})")
         i = 0
-        for batch in pf.iter_batches(columns=[image_col, column], batch_size=1024):
+        for batch in _batches(pf, shard, [image_col, column]):
             for image, label in zip(batch.column(image_col).to_pylist(), batch.column(column).to_pylist(),
                                     strict=True):
+                data = image.get("bytes") if isinstance(image, dict) else image
+                empty = "image" if not isinstance(data, bytes) or not data else "label" if label is None else None
+                if empty:  # no image to write: listed (SOURCE.json), then skipped or failed by preprocess.on_bad_image
+                    skipped.append({"shard": shard.relative_to(folder).as_posix(), "row": i,
+                                    "reason": f"{empty} cell is null"})
+                    i += 1
+                    continue
                 raw = names[int(label)] if names and not isinstance(label, str) else str(label)
                 label_name = class_name(raw, params.real_labels)
-                data = image["bytes"] if isinstance(image, dict) else image
                 original = Path((image.get("path") if isinstance(image, dict) else None) or "").name
                 stem = f"{shard.stem}-{i:06d}"
                 name = original if is_image_file(original) else stem + _image_suffix(data)
@@ -388,8 +426,22 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
                 written += 1
                 i += 1
     if not written:
-        raise AigiError(f"{folder}: no parquet shard named for a train or test split")
-    return {"format": "parquet"}
+        raise AigiError(f"{_shown(folder)}: no parquet shard named for a train or test split")
+    return {"format": "parquet", **({"skipped_rows": skipped} if skipped else {})}
+
+
+def _batches(pf: Any, shard: Path, columns: list[str]) -> Iterator[Any]:
+    """The shard's record batches; a damaged one (truncated, corrupt pages) is one line naming it."""
+    import pyarrow as pa
+
+    try:
+        yield from pf.iter_batches(columns=columns, batch_size=1024)
+    except (pa.ArrowException, OSError) as e:
+        raise _not_parquet(shard, e) from None
+
+
+def _not_parquet(shard: Path, e: BaseException) -> AigiError:
+    return AigiError(f"{_shown(shard)}: not a readable parquet file ({_short(e)}); download it again or remove it")
 
 
 def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
@@ -405,11 +457,11 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
         table = pd.read_csv(meta) if meta.suffix == ".csv" else pd.read_json(meta, lines=True)
         _has_label_column(meta.relative_to(folder).as_posix(), params.label_column, list(table.columns))
         if "file_name" not in table.columns:
-            raise AigiError(f"{meta}: no file_name column (columns found: {', '.join(table.columns)})")
+            raise AigiError(f"{_shown(meta)}: no file_name column (columns found: {', '.join(table.columns)})")
         for rel, label in zip(table["file_name"], table[params.label_column], strict=True):
             src = (meta.parent / str(rel)).resolve()
             if not src.is_relative_to(meta.parent.resolve()) or not src.is_file():
-                raise AigiError(f"{meta}: file_name {rel!r} is not a file under {meta.parent.name}/")
+                raise AigiError(f"{_shown(meta)}: file_name {rel!r} is not a file under {meta.parent.name}/")
             if not is_image_file(src):
                 continue
             target = out / split / class_name(str(label), params.real_labels) / src.name
@@ -419,7 +471,7 @@ def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = Fa
             (os.replace if move else shutil.copyfile)(src, target)
             written += 1
     if not written:
-        raise AigiError(f"{folder}: no metadata file named for a train or test split")
+        raise AigiError(f"{_shown(folder)}: no metadata file named for a train or test split")
     return {"format": "metadata"}
 
 
@@ -468,12 +520,25 @@ def _hf_label_names(folder: Path, column: str = "label") -> list[str] | None:
 # ---------------------------------------------------------------- archives
 
 
-def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int) -> None:
+# Zip bombs (OWASP ASVS 12.1.2: check uploads for "small input files that decompress into huge files"):
+# the total size limit alone lets a 1 GB member of zeros (1 MB compressed) be written first. OWASP's
+# reasoning, as the rules built on it (e.g. Sonar's RSPEC-5042) put it: limit the member count, the
+# total expanded size AND the ratio of expanded to compressed size, which is 1 to 3 for most legitimate
+# archives, and never trust the declared sizes. Images are compressed already (JPEG, PNG, WebP: a ratio
+# of about 1); raw BMP/TIFF or CSV may reach 10 or so; DEFLATE on zeros reaches about 1000. Members
+# smaller than RATIO_MIN_BYTES are never refused by ratio (a black BMP thumbnail compresses 100x, and
+# small members cannot bomb: the total limit bounds them all together).
+RATIO_MIN_BYTES = 1 << 20
+
+
+def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
+                    max_ratio: float = MAX_COMPRESSION_RATIO) -> None:
     """Extract a zip or tar, refusing members that escape `dest`, links, devices, fifos, and bombs.
 
-    A zip's whole member list is checked before anything is written; a tar (a stream) is checked
-    member by member, so a bad or over-limit member stops extraction before it completes. Either
-    way the caller's temporary folder is discarded on error.
+    A zip's whole member list is checked before anything is written, its members' expanded/compressed
+    ratio included (and again on the bytes really written); a tar (a stream) is checked member by
+    member, its expanded size against the archive's own, so a bad or over-limit member stops
+    extraction before it completes. Either way the caller's temporary folder is discarded on error.
     """
     dest = dest.resolve()
 
@@ -496,7 +561,17 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                 f"{archive.name}: expands to over {max_bytes:,} bytes; raise data.max_archive_bytes if expected"
             )
 
+    def ratio(name: str | None, expanded: int, compressed: int) -> None:
+        compressed = max(min(compressed, packed), 1)
+        if expanded > RATIO_MIN_BYTES and expanded > max_ratio * compressed:
+            what = f"refusing member '{name}': it expands" if name else "expands"
+            raise AigiError(
+                f"{archive.name}: {what} {expanded:,} bytes from {compressed:,} (ratio {expanded / compressed:.0f} > "
+                f"{max_ratio:g}), a decompression bomb's shape; raise data.max_compression_ratio if expected"
+            )
+
     try:
+        packed = archive.stat().st_size  # no member holds more compressed bytes than the archive: caps the header's
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 infos = zf.infolist()
@@ -506,6 +581,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                     kind = stat.S_IFMT(info.external_attr >> 16)
                     if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                         raise refuse(info.filename, _FILE_KINDS.get(kind, "a special file"))
+                    ratio(info.filename, info.file_size, info.compress_size)
                 written = 0
                 for info in progress(infos, desc=f"extract {archive.name}", unit="file", leave=False):
                     target = check(info.filename)
@@ -514,19 +590,24 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int)
                         continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as dst:
-                        # Count real bytes: a header's declared size can lie.
+                        # Count real bytes: a header's declared size can lie (this does not rely on zipfile
+                        # stopping at the declared size).
+                        member = 0
                         while chunk := src.read(1 << 20):
                             written += len(chunk)
+                            member += len(chunk)
                             limits(0, written)
+                            ratio(info.filename, member, info.compress_size)
                             dst.write(chunk)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
-                total = 0
+                total = 0  # a tar.gz compresses as one stream: its ratio is the archive's
                 for count, member in enumerate(
                     progress(tf, desc=f"extract {archive.name}", unit="file", leave=False), start=1
                 ):
                     total += max(member.size, 0)
                     limits(count, total)
+                    ratio(None, total, packed)
                     target = check(member.name)
                     if member.isdir():
                         target.mkdir(parents=True, exist_ok=True)
