@@ -40,6 +40,7 @@ from aigi import distributed
 from aigi.device import autocast, maybe_resident
 from aigi.distributed import SINGLE, World
 from aigi.errors import AigiError, one_line
+from aigi.methods import HEAD, IMAGE_TOWER, LOGIT_SCALE, METHODS, TEXT_TOWER, Method
 from aigi.model import Detector
 from aigi.params import FinetuneParams
 from aigi.progress import progress
@@ -90,27 +91,28 @@ def unlock_image_tower(visual: nn.Module, unlocked_layers: int | None) -> None:
     first = len(blocks) - unlocked_layers
     if first <= 0:
         return
-    for name, p in visual.named_parameters():
+    for name, param in visual.named_parameters():
         if name.startswith("transformer.resblocks."):
-            p.requires_grad_(int(name.split(".")[2]) >= first)
+            param.requires_grad_(int(name.split(".")[2]) >= first)
         else:
-            p.requires_grad_(not name.startswith(STEM))
+            param.requires_grad_(not name.startswith(STEM))
 
 
 def trainable_parameters(detector: Detector, cfg: FinetuneParams) -> list[torch.nn.Parameter]:
-    """Freeze what the method does not train; return what it does."""
+    """Freeze what the method (aigi.methods) does not train; return what it does, in the detector's order."""
+    parts = METHODS[cfg.method].trains
     detector.requires_grad_(False)
-    if cfg.method == "linear_probe":
-        detector.head.requires_grad_(True)
-    elif cfg.method == "full":
+    if TEXT_TOWER in parts and not cfg.lock_text:
+        for name, param in detector.clip.named_parameters():
+            if not name.startswith("visual.") and name != "logit_scale":
+                param.requires_grad_(True)
+    if IMAGE_TOWER in parts:
         unlock_image_tower(detector.clip.visual, cfg.unlocked_layers)
-        detector.head.requires_grad_(True)
-    else:  # contrastive: image tower, text tower (unless locked) and the logit scale; the head is unused
-        if not cfg.lock_text:
-            detector.clip.requires_grad_(True)
-        unlock_image_tower(detector.clip.visual, cfg.unlocked_layers)
+    if LOGIT_SCALE in parts:
         detector.clip.logit_scale.requires_grad_(True)
-    return [p for p in detector.parameters() if p.requires_grad]
+    if HEAD in parts:
+        detector.head.requires_grad_(True)
+    return [param for param in detector.parameters() if param.requires_grad]
 
 
 def param_groups(detector: Detector, params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -143,17 +145,17 @@ class ClassLogits(nn.Module):
     """pixels -> class logits for the method, as one module, so that DDP and torch.compile see
     every trained parameter (text tower included) used in a single forward."""
 
-    def __init__(self, detector: Detector, method: str, prompts: dict[str, list[str]], text_trainable: bool):
+    def __init__(self, detector: Detector, method: Method, prompts: dict[str, list[str]], text_trainable: bool):
         super().__init__()
         self.detector, self.method, self.prompts, self.text_trainable = detector, method, prompts, text_trainable
         self.fixed_text = None
-        if method == "contrastive":
+        if method.scores_text:
             with torch.no_grad():  # tokenises once, outside any compiled region; the embedding if locked
                 fixed = detector.class_embeddings(prompts)
             self.fixed_text = None if text_trainable else fixed
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.method != "contrastive":
+        if not self.method.scores_text:
             return self.detector(pixels)
         text = self.detector.class_embeddings(self.prompts) if self.fixed_text is None else self.fixed_text
         return self.detector.logits(self.detector.features(pixels), text)
@@ -354,7 +356,7 @@ def train(
         if stop:  # the crash came after early stopping had already decided
             start_epoch, result.stopped_early = cfg.epochs + 1, True
 
-    forward = ClassLogits(detector, cfg.method, prompts, text_trainable=not cfg.lock_text)
+    forward = ClassLogits(detector, METHODS[cfg.method], prompts, text_trainable=not cfg.lock_text)
     model: nn.Module = forward
     if world.distributed:
         model = nn.parallel.DistributedDataParallel(
@@ -441,7 +443,7 @@ def train(
 
     if best_state is not None:
         detector.load_state_dict(best_state)
-    if cfg.method == "contrastive":
+    if METHODS[cfg.method].head_from_text:
         detector.set_head_from_prompts(prompts)  # bake the trained text tower into the head
     detector.eval()
     if zero_shot is not None:
