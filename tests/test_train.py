@@ -8,7 +8,7 @@ from aigi.distributed import World
 from aigi.errors import AigiError
 from aigi.model import TINY, create_detector
 from aigi.params import FinetuneParams
-from aigi.train import load_checkpoint, save_checkpoint, shard, train, unlock_image_tower
+from aigi.train import Checkpoints, load_checkpoint, save_checkpoint, shard, train, unlock_image_tower
 
 CPU = torch.device("cpu")
 
@@ -62,6 +62,31 @@ def test_same_params_and_seed_give_the_same_metrics_and_weights(tiny_prompts, da
     assert changed(a.state_dict(), b.state_dict()) == set()
     _, rc = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2, augment_flip=False)
     assert without_speed(rc.history) != without_speed(ra.history)  # the comparison can tell runs apart
+
+
+@pytest.mark.parametrize("kw", [{"method": "contrastive", "grad_accum_steps": 2},
+                                {"method": "full", "early_stopping_patience": 1, "lr": 3e-2}])
+def test_resumed_from_the_first_epochs_checkpoint_ends_bit_identical(tiny_prompts, data, tmp_path, capsys, kw):
+    """Stopped after epoch 1's checkpoint (on_epoch of epoch 2 raises before it is saved), then resumed."""
+    whole, expected = run(tiny_prompts, data, epochs=3, **kw)
+    path = tmp_path / "finetune.pt"
+
+    def stop_at_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tiny_prompts), *data, cfg(epochs=3, **kw), tiny_prompts, seed=3,
+              checkpoints=Checkpoints(path, "fp", extra={"run_id": "r"}), on_epoch=stop_at_2)
+    saved = load_checkpoint(path, "fp")
+    assert saved["epoch"] == 1 and saved["run_id"] == "r"
+    det = tiny(tiny_prompts)
+    result = train(det, *data, cfg(epochs=3, **kw), tiny_prompts, seed=3, checkpoints=Checkpoints(path, "fp", saved))
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    assert without_speed(result.history) == without_speed(expected.history)
+    assert (result.best_epoch, result.stopped_early, result.final_val) == (
+        expected.best_epoch, expected.stopped_early, expected.final_val)
+    assert changed(whole.state_dict(), det.state_dict()) == set()
 
 
 def test_each_method_trains_only_its_parts(tiny_prompts, data):
