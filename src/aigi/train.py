@@ -294,11 +294,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def compiled(module: nn.Module, enabled: bool) -> nn.Module:
-    if not enabled:
-        return module
-    if not hasattr(torch, "compile"):
-        raise AigiError("finetune.compile needs torch >= 2.0; set finetune.compile: false")
-    return torch.compile(module)
+    return torch.compile(module) if enabled else module
 
 
 # ---- the state and its checkpoint -------------------------------------------------------------------------
