@@ -185,3 +185,18 @@ def test_last_partial_accumulation_group_is_a_mean_of_what_it_has():
     assert [accumulation_group_size(m, 7, 3) for m in range(1, 8)] == [3, 3, 3, 3, 3, 3, 1]
     assert [accumulation_group_size(m, 4, 2) for m in range(1, 5)] == [2, 2, 2, 2]
     assert [accumulation_group_size(m, 3, 1) for m in range(1, 4)] == [1, 1, 1]
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_resident_bf16_engine_learns_and_checkpoints_the_cuda_rng(tiny_prompts, data, tmp_path):
+    """The CUDA paths (split resident on the GPU, bf16 autocast, the flip generator and RNG state on the
+    device), which CPU runs never take. Skipped without CUDA (tests/conftest.py)."""
+    cuda = torch.device("cuda")
+    det = create_detector(TINY, "none", tiny_prompts, cuda, seed=0)
+    path = tmp_path / "finetune.pt"
+    result = train(det, *data, cfg(method="contrastive", grad_accum_steps=2), tiny_prompts, seed=3,
+                   checkpoints=Checkpoints(path, "fp"))
+    assert result.history[-1]["val_accuracy"] > 0.5
+    assert det.head.weight.device.type == "cuda" and det.head.weight.dtype == torch.float32
+    saved = load_checkpoint(path, "fp")
+    assert saved["epoch"] == 2 and "cuda" in saved["rng"]
