@@ -40,7 +40,7 @@ def cfg(**kw) -> FinetuneParams:
     return FinetuneParams(**{**base, **kw})
 
 
-def run(prompts, data, **kw):
+def train_tiny(prompts, data, **kw):
     det = tiny(prompts)
     result = train(det, *data, cfg(**kw), prompts, seed=3)
     return det, result
@@ -55,12 +55,12 @@ def without_speed(history):
 
 
 def test_same_params_and_seed_give_the_same_metrics_and_weights(tiny_prompts, data):
-    a, ra = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
-    b, rb = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
+    a, ra = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
+    b, rb = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
     assert without_speed(ra.history) == without_speed(rb.history)
     assert len(ra.history) == 2 and ra.history[-1]["val_accuracy"] > 0.5
     assert changed(a.state_dict(), b.state_dict()) == set()
-    _, rc = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2, augment_flip=False)
+    _, rc = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2, augment_flip=False)
     assert without_speed(rc.history) != without_speed(ra.history)  # the comparison can tell runs apart
 
 
@@ -68,7 +68,7 @@ def test_same_params_and_seed_give_the_same_metrics_and_weights(tiny_prompts, da
                                 {"method": "full", "early_stopping_patience": 1, "lr": 3e-2}])
 def test_resumed_from_the_first_epochs_checkpoint_ends_bit_identical(tiny_prompts, data, tmp_path, capsys, kw):
     """Stopped after epoch 1's checkpoint (on_epoch of epoch 2 raises before it is saved), then resumed."""
-    whole, expected = run(tiny_prompts, data, epochs=3, **kw)
+    whole, expected = train_tiny(tiny_prompts, data, epochs=3, **kw)
     path = tmp_path / "finetune.pt"
 
     def stop_at_2(row):
@@ -95,21 +95,21 @@ def test_each_method_trains_only_its_parts(tiny_prompts, data):
     def parts(names):
         return {n.split(".")[0] if n.startswith("head") else n.split(".")[1] for n in names}
 
-    probe, _ = run(tiny_prompts, data, method="linear_probe", epochs=1)
+    probe, _ = train_tiny(tiny_prompts, data, method="linear_probe", epochs=1)
     assert parts(changed(start, probe.state_dict())) == {"head"}
-    full, _ = run(tiny_prompts, data, method="full", epochs=1)
+    full, _ = train_tiny(tiny_prompts, data, method="full", epochs=1)
     assert parts(changed(start, full.state_dict())) == {"head", "visual"}
-    locked, _ = run(tiny_prompts, data, method="contrastive", epochs=1, lock_text=True)
+    locked, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, lock_text=True)
     # the head is rebuilt from the (unchanged) text embeddings and the trained logit scale
     assert parts(changed(start, locked.state_dict())) == {"head", "visual", "logit_scale"}
-    both, _ = run(tiny_prompts, data, method="contrastive", epochs=1)
+    both, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1)
     text_and_image = {"visual", "transformer", "token_embedding", "logit_scale", "head"}
     assert text_and_image <= parts(changed(start, both.state_dict()))
 
 
 def test_unlocked_layers_trains_the_last_blocks_and_what_follows(tiny_prompts, data):
     start = {k: v.clone() for k, v in tiny(tiny_prompts).state_dict().items()}
-    det, _ = run(tiny_prompts, data, method="full", epochs=1, unlocked_layers=1)
+    det, _ = train_tiny(tiny_prompts, data, method="full", epochs=1, unlocked_layers=1)
     moved = changed(start, det.state_dict())
     visual = {n.removeprefix("clip.visual.") for n in moved if n.startswith("clip.visual.")}
     assert any(n.startswith("transformer.resblocks.1.") for n in visual)
@@ -122,9 +122,9 @@ def test_unlocked_layers_trains_the_last_blocks_and_what_follows(tiny_prompts, d
 
 def test_wise_alpha_interpolates_fine_tuned_and_zero_shot(tiny_prompts, data):
     zero_shot = tiny(tiny_prompts).state_dict()
-    tuned, _ = run(tiny_prompts, data, method="contrastive", epochs=1)
-    half, result = run(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.5)
-    off, _ = run(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.0)
+    tuned, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1)
+    half, result = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.5)
+    off, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.0)
     assert changed(zero_shot, off.state_dict()) == set()
     for name, value in half.state_dict().items():
         if value.is_floating_point():

@@ -116,16 +116,16 @@ def trainable_parameters(detector: Detector, cfg: FinetuneParams) -> list[torch.
     return [param for param in detector.parameters() if param.requires_grad]
 
 
-def param_groups(detector: Detector, params: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
+def param_groups(detector: Detector, trainable: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on norms, biases, embeddings' scalars and the logit scale."""
-    names = {id(p): n for n, p in detector.named_parameters()}
+    names = {id(param): name for name, param in detector.named_parameters()}
     decay, no_decay = [], []
-    for p in params:
-        name = names[id(p)]
-        if p.ndim < 2 or "logit_scale" in name or name.endswith(".bias"):
-            no_decay.append(p)
+    for param in trainable:
+        name = names[id(param)]
+        if param.ndim < 2 or "logit_scale" in name or name.endswith(".bias"):
+            no_decay.append(param)
         else:
-            decay.append(p)
+            decay.append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -182,11 +182,11 @@ def batches(images, labels: np.ndarray, batch_size: int, order: np.ndarray, devi
         yield x.to(device, non_blocking=True), torch.from_numpy(labels[idx]).to(device, non_blocking=True)
 
 
-def shard(order: np.ndarray, w: World) -> np.ndarray:
+def shard(order: np.ndarray, world: World) -> np.ndarray:
     """This rank's disjoint share of the epoch's order; every rank gets the same count (the few
     left over are dropped this epoch, a different few each epoch) so all ranks take the same steps."""
-    usable = len(order) - len(order) % w.size
-    return order[w.rank : usable : w.size]
+    usable = len(order) - len(order) % world.size
+    return order[world.rank : usable : world.size]
 
 
 def accumulation_group_size(micro: int, micro_batches: int, accum: int) -> int:
@@ -203,10 +203,11 @@ def flip_half(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, w: World = SINGLE) -> tuple[float, float]:
+def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, world: World = SINGLE
+                           ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy; under torchrun each rank scores a shard and the sums are all-reduced."""
     sums, n = torch.zeros(2, device=device), 0
-    for x, y in batches(images, labels, batch_size, np.arange(w.rank, len(labels), w.size), device):
+    for x, y in batches(images, labels, batch_size, np.arange(world.rank, len(labels), world.size), device):
         with autocast(device):
             logits = logits_fn(x).float()
         sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum()])
