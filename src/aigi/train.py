@@ -217,22 +217,11 @@ def evaluate_loss_accuracy(logits_fn, images, labels, batch_size, device, world:
     return loss / n, correct / n
 
 
-# ---- checkpoints and WiSE-FT -------------------------------------------------------------------------------
+# ---- weights, RNG, code -------------------------------------------------------------------------------------
 
 
 def cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: written to a temp file, synced, then renamed; a crash mid-write leaves the previous one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def code_fingerprint(script: Path) -> dict[str, str]:
@@ -249,22 +238,6 @@ def code_fingerprint(script: Path) -> dict[str, str]:
         digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return {"source_sha256": digest.hexdigest(), "torch": torch.__version__,
             "open_clip": getattr(open_clip, "__version__", "unknown")}
-
-
-def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, code, world size)."""
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: start over rather than crash
-        print(f"ignoring {path}: unreadable ({one_line(e, 120)})")
-        return None
-    if state.get("fingerprint") != fingerprint:
-        print(f"ignoring {path}: it was written for other params, data, code, library versions or number of "
-              f"processes; training starts afresh")
-        return None
-    return state
 
 
 def wise_ft(detector: Detector, zero_shot: dict[str, torch.Tensor], alpha: float) -> None:
@@ -380,6 +353,33 @@ class Checkpoints:
         if os.environ.get(CRASH_AFTER_EPOCH_ENV) == str(state.epoch):
             print(f"{CRASH_AFTER_EPOCH_ENV}={state.epoch}: exiting abruptly", flush=True)
             os._exit(CRASH_EXIT_CODE)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: written to a temp file, synced, then renamed; a crash mid-write leaves the previous one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was written for this `fingerprint` (params, data, code, world size)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: start over rather than crash
+        print(f"ignoring {path}: unreadable ({one_line(e, 120)})")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"ignoring {path}: it was written for other params, data, code, library versions or number of "
+              f"processes; training starts afresh")
+        return None
+    return state
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
