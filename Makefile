@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo demo-multigen compare test lint bench ui clean-demo
+.PHONY: venv repro demo demo-multigen compare test test-fast lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ demo-multigen: venv
 
 test: venv
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q
+
+# The edit-test loop: every test but the end-to-end ones (marked e2e). `make test` stays the whole suite (CI).
+test-fast: venv
+	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q -m "not e2e"
 
 lint: venv
 	ruff check .

@@ -36,6 +36,7 @@ from aigi.data.images import load_rgb, to_model_input
 from aigi.data.synthetic import write_synthetic
 from aigi.device import resolve
 from aigi.inference import predict_proba
+from aigi.methods import METHODS
 from aigi.model import create_detector
 from aigi.params import FinetuneParams, ZeroshotParams
 from aigi.train import train, trainable_parameters
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000 if cuda else 1024, help="number of images")
     ap.add_argument("--model", default="ViT-B-32" if cuda else "aigi-tiny")
     ap.add_argument("--pretrained", default="none", help="weights do not change the speed")
-    ap.add_argument("--method", default="full", choices=["full", "contrastive", "linear_probe"])
+    ap.add_argument("--method", default="full", choices=list(METHODS))
     ap.add_argument("--batch-size", type=int, default=256 if cuda else 64)
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1) if cuda else 2,
                     help="DataLoader workers of the naive reference")

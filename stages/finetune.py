@@ -18,7 +18,7 @@ from aigi.errors import exits_cleanly
 from aigi.model import create_detector, save_detector
 from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED, RUN_JSON
 from aigi.plots import write_training_curves
-from aigi.train import code_fingerprint, load_checkpoint, train
+from aigi.train import Checkpoints, code_fingerprint, load_checkpoint, train
 
 CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
 
@@ -61,10 +61,10 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
         def log_epoch(row: dict) -> None:
             mlflow.log_metrics(tracking.epoch_metrics(row), step=int(row["epoch"]))
 
+        checkpoints = Checkpoints(CHECKPOINT, fp, resume, extra={"run_id": mlrun.info.run_id if mlrun else None})
         result = train(
             detector, (train_images, train_table["label"].to_numpy()), (val_images, val_table["label"].to_numpy()),
-            p.finetune, prompts, p.seed, checkpoint=CHECKPOINT, fingerprint=fp, resume=resume,
-            on_epoch=log_epoch, extra_state={"run_id": mlrun.info.run_id if mlrun else None}, world=world,
+            p.finetune, prompts, p.seed, checkpoints=checkpoints, on_epoch=log_epoch, world=world,
         )
         if not world.is_main:
             return

@@ -12,6 +12,18 @@ CIFAKE_SAMPLE = ROOT.parent / "shared" / "data" / "cifake-sample" / "cifake-samp
 MULTIGEN_SAMPLE = ROOT.parent / "shared" / "data" / "multigen-sample" / "multigen-sample.zip"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: where torch sees none they skip (run them on a GPU machine: `pytest -m gpu`)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA (marked gpu)"))
+
+
 @pytest.fixture
 def synthetic_raw(tmp_path: Path) -> Path:
     """A small synthetic CIFAKE tree: 40 train + 12 test images per class."""

@@ -21,6 +21,9 @@ from aigi.data.synthetic import write_synthetic
 from aigi.params import PreprocessParams
 from aigi.train import CRASH_AFTER_EPOCH_ENV, CRASH_EXIT_CODE
 
+# Whole processes (a crash, a re-run, torchrun), about a minute on 2 cores: `make test-fast` leaves them out;
+# tests/test_train.py resumes in-process, bit for bit, in seconds.
+pytestmark = pytest.mark.e2e
 STAGE = ROOT / "stages" / "finetune.py"
 EPOCHS = 3
 

@@ -15,6 +15,18 @@ def test_project_params_load_and_defaults_run_the_real_experiment():
     assert set(p.zeroshot.prompts) == {"REAL", "FAKE"}
 
 
+def test_params_yaml_spells_exactly_the_code_defaults():
+    """Every default is written twice (params.py, params.yaml): they must agree, key for key, and the file
+    must name every key (so params.yaml is the whole list of knobs)."""
+    in_code = params.flatten(params.Params().model_dump())
+    in_file = params.flatten(params.load(ROOT / "params.yaml").model_dump())
+    differ = {k: (in_code.get(k), in_file.get(k)) for k in in_code.keys() | in_file.keys()
+              if in_code.get(k) != in_file.get(k)}
+    assert not differ, f"params.py default vs params.yaml: {differ}"
+    written = params.flatten(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert sorted(in_code.keys() - written.keys()) == [], "keys with a default in params.py but not in params.yaml"
+
+
 def test_demo_overrides_are_valid():
     from aigi.demo import merge
 

@@ -8,7 +8,7 @@ from aigi.distributed import World
 from aigi.errors import AigiError
 from aigi.model import TINY, create_detector
 from aigi.params import FinetuneParams
-from aigi.train import load_checkpoint, save_checkpoint, shard, train, unlock_image_tower
+from aigi.train import Checkpoints, load_checkpoint, save_checkpoint, shard, train, unlock_image_tower
 
 CPU = torch.device("cpu")
 
@@ -40,7 +40,7 @@ def cfg(**kw) -> FinetuneParams:
     return FinetuneParams(**{**base, **kw})
 
 
-def run(prompts, data, **kw):
+def train_tiny(prompts, data, **kw):
     det = tiny(prompts)
     result = train(det, *data, cfg(**kw), prompts, seed=3)
     return det, result
@@ -55,13 +55,38 @@ def without_speed(history):
 
 
 def test_same_params_and_seed_give_the_same_metrics_and_weights(tiny_prompts, data):
-    a, ra = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
-    b, rb = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
+    a, ra = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
+    b, rb = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2)
     assert without_speed(ra.history) == without_speed(rb.history)
     assert len(ra.history) == 2 and ra.history[-1]["val_accuracy"] > 0.5
     assert changed(a.state_dict(), b.state_dict()) == set()
-    _, rc = run(tiny_prompts, data, method="contrastive", grad_accum_steps=2, augment_flip=False)
+    _, rc = train_tiny(tiny_prompts, data, method="contrastive", grad_accum_steps=2, augment_flip=False)
     assert without_speed(rc.history) != without_speed(ra.history)  # the comparison can tell runs apart
+
+
+@pytest.mark.parametrize("kw", [{"method": "contrastive", "grad_accum_steps": 2},
+                                {"method": "full", "early_stopping_patience": 1, "lr": 3e-2}])
+def test_resumed_from_the_first_epochs_checkpoint_ends_bit_identical(tiny_prompts, data, tmp_path, capsys, kw):
+    """Stopped after epoch 1's checkpoint (on_epoch of epoch 2 raises before it is saved), then resumed."""
+    whole, expected = train_tiny(tiny_prompts, data, epochs=3, **kw)
+    path = tmp_path / "finetune.pt"
+
+    def stop_at_2(row):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tiny_prompts), *data, cfg(epochs=3, **kw), tiny_prompts, seed=3,
+              checkpoints=Checkpoints(path, "fp", extra={"run_id": "r"}), on_epoch=stop_at_2)
+    saved = load_checkpoint(path, "fp")
+    assert saved["epoch"] == 1 and saved["run_id"] == "r"
+    det = tiny(tiny_prompts)
+    result = train(det, *data, cfg(epochs=3, **kw), tiny_prompts, seed=3, checkpoints=Checkpoints(path, "fp", saved))
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    assert without_speed(result.history) == without_speed(expected.history)
+    assert (result.best_epoch, result.stopped_early, result.final_val) == (
+        expected.best_epoch, expected.stopped_early, expected.final_val)
+    assert changed(whole.state_dict(), det.state_dict()) == set()
 
 
 def test_each_method_trains_only_its_parts(tiny_prompts, data):
@@ -70,21 +95,21 @@ def test_each_method_trains_only_its_parts(tiny_prompts, data):
     def parts(names):
         return {n.split(".")[0] if n.startswith("head") else n.split(".")[1] for n in names}
 
-    probe, _ = run(tiny_prompts, data, method="linear_probe", epochs=1)
+    probe, _ = train_tiny(tiny_prompts, data, method="linear_probe", epochs=1)
     assert parts(changed(start, probe.state_dict())) == {"head"}
-    full, _ = run(tiny_prompts, data, method="full", epochs=1)
+    full, _ = train_tiny(tiny_prompts, data, method="full", epochs=1)
     assert parts(changed(start, full.state_dict())) == {"head", "visual"}
-    locked, _ = run(tiny_prompts, data, method="contrastive", epochs=1, lock_text=True)
+    locked, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, lock_text=True)
     # the head is rebuilt from the (unchanged) text embeddings and the trained logit scale
     assert parts(changed(start, locked.state_dict())) == {"head", "visual", "logit_scale"}
-    both, _ = run(tiny_prompts, data, method="contrastive", epochs=1)
+    both, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1)
     text_and_image = {"visual", "transformer", "token_embedding", "logit_scale", "head"}
     assert text_and_image <= parts(changed(start, both.state_dict()))
 
 
 def test_unlocked_layers_trains_the_last_blocks_and_what_follows(tiny_prompts, data):
     start = {k: v.clone() for k, v in tiny(tiny_prompts).state_dict().items()}
-    det, _ = run(tiny_prompts, data, method="full", epochs=1, unlocked_layers=1)
+    det, _ = train_tiny(tiny_prompts, data, method="full", epochs=1, unlocked_layers=1)
     moved = changed(start, det.state_dict())
     visual = {n.removeprefix("clip.visual.") for n in moved if n.startswith("clip.visual.")}
     assert any(n.startswith("transformer.resblocks.1.") for n in visual)
@@ -97,9 +122,9 @@ def test_unlocked_layers_trains_the_last_blocks_and_what_follows(tiny_prompts, d
 
 def test_wise_alpha_interpolates_fine_tuned_and_zero_shot(tiny_prompts, data):
     zero_shot = tiny(tiny_prompts).state_dict()
-    tuned, _ = run(tiny_prompts, data, method="contrastive", epochs=1)
-    half, result = run(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.5)
-    off, _ = run(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.0)
+    tuned, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1)
+    half, result = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.5)
+    off, _ = train_tiny(tiny_prompts, data, method="contrastive", epochs=1, wise_alpha=0.0)
     assert changed(zero_shot, off.state_dict()) == set()
     for name, value in half.state_dict().items():
         if value.is_floating_point():
@@ -160,3 +185,18 @@ def test_last_partial_accumulation_group_is_a_mean_of_what_it_has():
     assert [accumulation_group_size(m, 7, 3) for m in range(1, 8)] == [3, 3, 3, 3, 3, 3, 1]
     assert [accumulation_group_size(m, 4, 2) for m in range(1, 5)] == [2, 2, 2, 2]
     assert [accumulation_group_size(m, 3, 1) for m in range(1, 4)] == [1, 1, 1]
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_resident_bf16_engine_learns_and_checkpoints_the_cuda_rng(tiny_prompts, data, tmp_path):
+    """The CUDA paths (split resident on the GPU, bf16 autocast, the flip generator and RNG state on the
+    device), which CPU runs never take. Skipped without CUDA (tests/conftest.py)."""
+    cuda = torch.device("cuda")
+    det = create_detector(TINY, "none", tiny_prompts, cuda, seed=0)
+    path = tmp_path / "finetune.pt"
+    result = train(det, *data, cfg(method="contrastive", grad_accum_steps=2), tiny_prompts, seed=3,
+                   checkpoints=Checkpoints(path, "fp"))
+    assert result.history[-1]["val_accuracy"] > 0.5
+    assert det.head.weight.device.type == "cuda" and det.head.weight.dtype == torch.float32
+    saved = load_checkpoint(path, "fp")
+    assert saved["epoch"] == 2 and "cuda" in saved["rng"]

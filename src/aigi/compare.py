@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aigi import demo
+from aigi import demo, methods
 from aigi.errors import AigiError
 
-METHODS = ("linear_probe", "full", "contrastive")
+METHODS = tuple(methods.METHODS)  # every row of the methods table, in its order
 # The README's `dvc exp show`: zero-shot vs fine-tuned accuracy and ROC-AUC always, the other headline
 # metrics of metrics/summary.json and the params where they differ; no other metrics, deps or timestamps.
 SHOW = ["exp", "show", "--no-pager", "--only-changed", "--keep", "(acc|auc)_(zs|ft)$", "--drop",

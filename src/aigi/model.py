@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aigi.classes import DETECTION, REAL
+from aigi.classes import REAL
 from aigi.errors import AigiError, one_line
 
 TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
@@ -192,7 +192,6 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tup
     model_cfg = json.loads((folder / "clip" / "open_clip_config.json").read_text())["model_cfg"]
     ident = f"local-dir:{(folder / 'clip').resolve()}"
     clip = open_clip.create_model(ident, device=device)  # safetensors: no code runs on load
-    classes = meta.get("classes") or list(DETECTION)  # saved before N classes: REAL, FAKE
-    detector = Detector(clip, model_cfg, classes, open_clip.get_tokenizer(ident)).to(device)
+    detector = Detector(clip, model_cfg, meta["classes"], open_clip.get_tokenizer(ident)).to(device)
     detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
     return detector.eval(), meta

@@ -20,6 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from aigi.errors import AigiError
+from aigi.methods import IMAGE_TOWER, METHODS
+
+METHOD_NAMES = tuple(METHODS)  # Literal[METHOD_NAMES] is Literal["contrastive", "linear_probe", "full"]
 
 MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preprocess, predict and serving
 MAX_COMPRESSION_RATIO = 100  # default zip-bomb guard: expanded / compressed size of an archive member (sources.py)
@@ -191,7 +194,7 @@ class ZeroshotParams(Section):
 
 
 class FinetuneParams(Section):
-    method: Literal["contrastive", "linear_probe", "full"] = "contrastive"
+    method: Literal[METHOD_NAMES] = "contrastive"  # the rows of aigi.methods.METHODS
     epochs: Annotated[int, Field(gt=0)] = 5
     lr: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     batch_size: Annotated[int, Field(gt=0)] = 128
@@ -209,9 +212,10 @@ class FinetuneParams(Section):
 
     @model_validator(mode="after")
     def _method_knobs(self) -> FinetuneParams:
-        if self.method == "linear_probe" and self.unlocked_layers:
-            raise ValueError("unlocked_layers does not apply to linear_probe (its image tower is frozen); "
-                             "set it to null or use method full or contrastive")
+        if self.unlocked_layers and IMAGE_TOWER not in METHODS[self.method].trains:
+            towers = " or ".join(m.name for m in METHODS.values() if IMAGE_TOWER in m.trains)
+            raise ValueError(f"unlocked_layers does not apply to {self.method} (its image tower is frozen); "
+                             f"set it to null or use method {towers}")
         return self
 
 

@@ -16,8 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from aigi.cifake import CIFAR10_CLASSES, content_class
 from aigi.classes import DETECTION, REAL, display
-from aigi.metrics import CIFAR10_CLASSES, SCALARS, content_class
+from aigi.metrics import SCALARS
 from aigi.params import Params
 
 

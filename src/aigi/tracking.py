@@ -126,7 +126,7 @@ def data_label(params: Params) -> str:
 
 
 def class_counts(table: pd.DataFrame) -> dict[str, int]:
-    names = table["label_name"] if "label_name" in table else table["label"]
+    names = table["label_name"]
     return {str(k): int(v) for k, v in sorted(names.value_counts().items(), key=lambda kv: str(kv[0]))}
 
 
