@@ -124,11 +124,11 @@ def test_dataset_names_fail_at_load_naming_the_key(raw, message):
 
 
 def test_named_datasets_and_their_lookup():
-    p = params.parse({"train_on": "a", "datasets": {"a": {"source": "synthetic"},
-                                                    "b": {"source": "local", "path": "x", "class_aliases": {"sd14": "fake"}}},
+    b = {"source": "local", "path": "x", "class_aliases": {"sd14": "fake"}}
+    p = params.parse({"train_on": "a", "datasets": {"a": {"source": "synthetic"}, "b": b},
                       "evaluate": {"test_on": ["b"]}})
     assert p.training_dataset.source == "synthetic" and p.dataset("b").class_aliases == {"SD14": "FAKE"}
-    with pytest.raises(AigiError, match="no dataset 'c' in params.yaml `datasets` \\(names: a, b\\)"):
+    with pytest.raises(AigiError, match=r"no dataset 'c' in params.yaml `datasets` \(names: a, b\)"):
         p.dataset("c")
 
 

@@ -174,7 +174,8 @@ def test_archive_bombs_refused_before_extraction_completes(tmp_path):
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * 5_000_000)
-    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise datasets.<name>.max_archive_bytes"):
+    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise "
+                                             r"datasets.<name>.max_archive_bytes"):
         sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
     assert not (tmp_path / "o" / "big.bin").exists()  # refused from the member list, before writing
     with pytest.raises(AigiError, match=r"over 1 members; raise datasets.<name>.max_archive_members"):
@@ -252,7 +253,8 @@ def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, 
 
 def test_kaggle_offline_without_cache_is_one_line(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(AigiError, match=r"^datasets.<name>.source 'kaggle': could not download .*datasets.<name>.source: local") as err:
+    with pytest.raises(AigiError, match=r"^datasets.<name>.source 'kaggle': could not download "
+                                         r".*datasets.<name>.source: local") as err:
         _download(tmp_path, source="kaggle")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
@@ -273,7 +275,8 @@ def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
         raise ConnectionError("Max retries exceeded\n[Errno 101] Network is unreachable")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(AigiError, match=r"datasets.<name>.source 'huggingface': could not download someone/cifake .*local"):
+    with pytest.raises(AigiError, match=r"datasets.<name>.source 'huggingface': could not download "
+                                         r"someone/cifake .*local"):
         _download(tmp_path / "b", source="huggingface", huggingface_dataset="someone/cifake")
     assert not (tmp_path / "b" / "data" / "raw").exists()
 
@@ -441,7 +444,8 @@ def test_layout_errors_are_one_line(tmp_path):
         _download(tmp_path / "d", source="local", path=str(src), real_class="nature")
     for split in ("train", "test"):
         (src / split / "REAL").rename(src / split / "photos")
-    with pytest.raises(AigiError, match=r"no REAL class \(classes found: GAN, PHOTOS\); set datasets.<name>.real_class"):
+    with pytest.raises(AigiError, match=r"no REAL class \(classes found: GAN, PHOTOS\); "
+                                         r"set datasets.<name>.real_class"):
         _download(tmp_path / "e", source="local", path=str(src))
     assert not (tmp_path / "e" / "data" / "raw").exists()
 
