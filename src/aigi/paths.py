@@ -14,7 +14,10 @@ _PROCESSED = Path("data/processed")
 _METRICS = Path("metrics")
 _PLOTS = Path("plots")
 
+# File and folder names inside a dataset's folders (library code builds them from the folder it is given).
 IMAGES = "images"  # in each raw folder: the images, normalised to {train,test}/<CLASS>/
+SOURCE = "SOURCE.json"  # in each raw folder: what was fetched, from where, classes, counts, hashes
+SHA256SUMS = "SHA256SUMS"  # in each raw folder: one line per image, `sha256sum -c` format
 MANIFEST = "manifest.json"  # in each processed folder: what preprocess made (aigi.data.store.load_manifest)
 
 
@@ -29,7 +32,7 @@ def raw_images(dataset: str) -> Path:
 
 
 def source_json(dataset: str) -> Path:
-    return raw_dir(dataset) / "SOURCE.json"
+    return raw_dir(dataset) / SOURCE
 
 
 def processed_dir(dataset: str) -> Path:

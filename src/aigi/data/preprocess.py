@@ -6,8 +6,9 @@ in `data/processed/<dataset>/`: `{train,val,test}.npy` (N×S×S×3 uint8, memory
 role, classes, class aliases, display names, unseen generators, counts, duplicates, skipped files and
 original sizes per class). The training dataset (role `train`) gets all three splits; a test set
 (role `test`) gets `test` alone, and needs no `train/` folder. `label_name` is the class after the
-dataset's `class_aliases`; `label` indexes the manifest's `classes` (-1: a held-out generator). All the work per
-image (hash, decode, resize, write) runs in one worker process per core; each worker writes its
+dataset's `class_aliases`; `label` indexes the manifest's `classes` (-1: a held-out generator).
+
+All the work per image (hash, decode, resize, write) runs in one worker process per core; each worker writes its
 rows straight into the `.npy` file at their place, and the main process only keeps the books.
 Memory stays flat in N: a worker holds one chunk of small decoded images and one resize batch.
 """
@@ -35,6 +36,7 @@ from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, t
 from aigi.data.store import ArrayWriter, RowFile, atomic_dir, sha256_file
 from aigi.errors import AigiError
 from aigi.params import PreprocessParams
+from aigi.paths import MANIFEST, SHA256SUMS, SOURCE
 from aigi.progress import progress
 
 SPLITS = ("train", "test")  # the raw splits; val is carved from train
@@ -243,10 +245,11 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unsee
          class_aliases: dict[str, str] | None = None, role: str = "train", dataset: str = "") -> SplitPlan:
     """Dedupe, subsample per class and split; `unseen` generators stay out of train and val entirely.
     A test set (`role` test) is only deduped and subsampled: its test split alone."""
+    aliases = class_aliases or {}
     splits = SPLITS if role == "train" else ("test",)
     folders = find_classes(raw, splits)
-    found_classes = aliased_classes(folders, class_aliases or {}, dataset or raw.parent.name)
-    label_of = {f: found_classes.index(alias(f, class_aliases or {})) for f in folders}
+    found_classes = aliased_classes(folders, aliases, dataset or raw.parent.name)
+    label_of = {f: found_classes.index(alias(f, aliases)) for f in folders}  # raw folder -> class index
     unknown = [u for u in unseen if u not in found_classes[1:]]
     if unknown:
         raise AigiError(f"evaluate.unseen_generators: {', '.join(unknown)} is not a generator in the data "
@@ -312,10 +315,11 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     dataset = dataset or dest.name
+    class_aliases = dict(class_aliases or {})
     workers = worker_count(params)
     with atomic_dir(dest) as out, worker_pool(workers) as pool:
         split_plan = plan(raw, params, seed, pool, unseen, class_aliases, role, dataset)
-        sums = raw.parent / "SHA256SUMS"  # the content of the raw data, not where or when it came from
+        sums = raw.parent / SHA256SUMS  # the content of the raw data, not where or when it came from
         manifest: dict[str, Any] = {
             "dataset": dataset,
             "role": role,
@@ -323,8 +327,8 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
             "interpolation": INTERPOLATION,
             "seed": seed,
             "classes": split_plan.classes,
-            "class_aliases": dict(class_aliases or {}),
-            "display_names": _display_names(raw.parent / "SOURCE.json", split_plan.found_classes, class_aliases or {}),
+            "class_aliases": class_aliases,
+            "display_names": _display_names(raw.parent / SOURCE, split_plan.found_classes, class_aliases),
             "unseen_generators": split_plan.unseen,
             "sha256sums_sha256": hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else None,
             "found": split_plan.found,
@@ -341,7 +345,7 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
                 split, items, raw, out, params, image_size, pool, workers, manifest["skipped"], split_plan, sizes
             )
         manifest["original_sizes"] = {name: t.summary() for name, t in sizes.items() if t.sizes}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -33,7 +33,7 @@ from aigi.data.store import atomic_dir, sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError, one_line
 from aigi.params import DatasetParams
-from aigi.paths import IMAGES
+from aigi.paths import IMAGES, SHA256SUMS, SOURCE
 from aigi.progress import progress
 
 SPLITS = ("train", "test")
@@ -61,8 +61,8 @@ def download(params: DatasetParams, seed: int, dest: Path) -> dict[str, Any]:
             if key in info:
                 print(f"download: {key}: {info.pop(key)}")
         info = {"source": params.source, **info,
-                **summarise(staging / IMAGES, staging / "SHA256SUMS", params.display_names)}
-        (staging / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
+                **summarise(staging / IMAGES, staging / SHA256SUMS, params.display_names)}
+        (staging / SOURCE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
