@@ -16,27 +16,39 @@ from aigi.evaluation import (
     write_json,
 )
 from aigi.model import load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RAW_IMAGES, RUN_JSON
+from aigi.paths import (
+    EVAL_METRICS,
+    EVAL_PLOTS,
+    MODEL_DIR,
+    ROBUSTNESS_METRICS,
+    ROBUSTNESS_PLOTS,
+    RUN_JSON,
+    SUMMARY_METRICS,
+    ZEROSHOT_METRICS,
+    ZEROSHOT_PLOTS,
+    processed_dir,
+    raw_images,
+)
 
 
 @exits_cleanly
 def main() -> None:
     p = params.load()
     detector, _ = load_detector(MODEL_DIR, device.resolve(p.model.device))
-    result = score_test_split(detector, p, "eval", p.evaluate.batch_size, PROCESSED, METRICS / "eval.json",
-                              PLOTS / "eval")
-    robust = score_robustness(detector, p, result, PROCESSED, RAW_IMAGES, METRICS / "robustness.json",
-                              PLOTS / "robustness")
-    zeroshot = json.loads((METRICS / "zeroshot.json").read_text())
+    processed = processed_dir(p.train_on)
+    result = score_test_split(detector, p, "eval", p.evaluate.batch_size, processed, EVAL_METRICS, EVAL_PLOTS)
+    robust = score_robustness(detector, p, result, processed, raw_images(p.train_on), ROBUSTNESS_METRICS,
+                              ROBUSTNESS_PLOTS)
+    zeroshot = json.loads(ZEROSHOT_METRICS.read_text())
     headline = summary(zeroshot, result)
-    write_json(METRICS / "summary.json", headline)
+    write_json(SUMMARY_METRICS, headline)
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics({**headline, **mlflow_metrics(result, "test_"), **mlflow_metrics(zeroshot, "zeroshot_"),
                             **mlflow_robustness_metrics(robust)})
-        for name in ("eval", "zeroshot", "robustness"):
-            mlflow.log_artifacts(str(PLOTS / name), f"plots/{name}")
-        for name in ("summary", "eval", "zeroshot", "robustness"):
-            mlflow.log_artifact(str(METRICS / f"{name}.json"), "metrics")
+        for folder in (EVAL_PLOTS, ZEROSHOT_PLOTS, ROBUSTNESS_PLOTS):
+            mlflow.log_artifacts(str(folder), f"plots/{folder.name}")
+        for file in (SUMMARY_METRICS, EVAL_METRICS, ZEROSHOT_METRICS, ROBUSTNESS_METRICS):
+            mlflow.log_artifact(str(file), "metrics")
         version = serving.log_and_register(MODEL_DIR, p)
     worst = min(robust.items(), key=lambda kv: kv[1]["accuracy"], default=None)
     print(f"evaluate: accuracy={result['accuracy']:.4f} (zero-shot {zeroshot['accuracy']:.4f}), "

@@ -7,32 +7,40 @@ import mlflow
 import pandas as pd
 
 from aigi import device, params, saliency, tracking
-from aigi.classes import manifest_prompts
-from aigi.data.store import atomic_dir, load_split
+from aigi.data.store import atomic_dir, load_manifest, load_split
 from aigi.errors import exits_cleanly
-from aigi.model import create_detector, load_detector
-from aigi.paths import METRICS, MODEL_DIR, PLOTS, PROCESSED, RUN_JSON
+from aigi.model import load_detector, zeroshot_detector
+from aigi.paths import (
+    EVAL_PREDICTIONS,
+    EXPLAIN_PLOTS,
+    MODEL_DIR,
+    RUN_JSON,
+    SALIENCY_GRID,
+    SALIENCY_METRICS,
+    ZEROSHOT_PREDICTIONS,
+    processed_dir,
+)
 
 
 @exits_cleanly
 def main() -> None:
     p = params.load()
     dev = device.resolve(p.model.device)
-    images, table = load_split(PROCESSED, "test")
-    prompts = manifest_prompts(json.loads((PROCESSED / "manifest.json").read_text()), p.zeroshot)  # as zeroshot
+    processed = processed_dir(p.train_on)
+    images, table = load_split(processed, "test")
     models = {
-        "fine-tuned": (load_detector(MODEL_DIR, dev)[0], pd.read_csv(PLOTS / "eval" / "predictions.csv")),
-        "zero-shot": (create_detector(p.model.arch, p.model.pretrained, prompts, dev, seed=p.seed),
-                      pd.read_csv(PLOTS / "zeroshot" / "predictions.csv")),
+        "fine-tuned": (load_detector(MODEL_DIR, dev)[0], pd.read_csv(EVAL_PREDICTIONS)),
+        "zero-shot": (zeroshot_detector(load_manifest(processed), p.model, p.zeroshot, dev, p.seed)[0],
+                      pd.read_csv(ZEROSHOT_PREDICTIONS)),
     }
-    with atomic_dir(PLOTS / "explain") as out:
+    with atomic_dir(EXPLAIN_PLOTS) as out:
         saliency.grid_figure(models, images, p.evaluate.threshold, p.explain.examples, p.explain.batch_size,
-                             out / "grid.png")
+                             out / SALIENCY_GRID.name)
         result = saliency.summarise(models, images, table, p.explain, p.seed, p.evaluate.threshold)
-    (METRICS / "saliency.json").write_text(json.dumps(result, indent=2) + "\n")
+    SALIENCY_METRICS.write_text(json.dumps(result, indent=2) + "\n")
     with tracking.model_run(p, RUN_JSON):
-        mlflow.log_artifacts(str(PLOTS / "explain"), "plots/explain")
-        mlflow.log_artifact(str(METRICS / "saliency.json"), "metrics")
+        mlflow.log_artifacts(str(EXPLAIN_PLOTS), "plots/explain")
+        mlflow.log_artifact(str(SALIENCY_METRICS), "metrics")
         mlflow.log_metrics(saliency.mlflow_metrics(result))
     share = result["border_share"]
     print(f"explain: saliency border share {share['finetuned']['all']:.3f} fine-tuned, "

@@ -12,11 +12,11 @@ from pathlib import Path
 import mlflow
 
 from aigi import device, distributed, params, tracking
-from aigi.classes import from_manifest, manifest_prompts
-from aigi.data.store import atomic_dir, load_split
+from aigi.classes import from_manifest
+from aigi.data.store import atomic_dir, load_manifest, load_split
 from aigi.errors import exits_cleanly
-from aigi.model import create_detector, save_detector
-from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, PLOTS, PROCESSED, RUN_JSON
+from aigi.model import save_detector, zeroshot_detector
+from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, RUN_JSON, TRAIN_PLOTS, processed_dir
 from aigi.plots import write_training_curves
 from aigi.train import Checkpoints, code_fingerprint, load_checkpoint, train
 
@@ -28,7 +28,7 @@ def fingerprint(p: params.Params, world_size: int) -> str:
     library versions, the process count."""
     keys = {"code": code_fingerprint(Path(__file__)), "seed": p.seed, "model": p.model.model_dump(),
             "prompts": p.zeroshot.model_dump(exclude={"batch_size"}), "finetune": p.finetune.model_dump(),
-            "data": (PROCESSED / "manifest.json").read_text(), "world_size": world_size}
+            "data": load_manifest(processed_dir(p.train_on)), "world_size": world_size}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -43,11 +43,11 @@ def main() -> None:
 
 
 def run(p: params.Params, world: distributed.World, dev) -> None:
-    train_images, train_table = load_split(PROCESSED, "train")
-    val_images, val_table = load_split(PROCESSED, "val")
-    manifest = json.loads((PROCESSED / "manifest.json").read_text())
-    prompts = manifest_prompts(manifest, p.zeroshot)  # keys: the classes, REAL first
-    detector = create_detector(p.model.arch, p.model.pretrained, prompts, dev, seed=p.seed)
+    processed = processed_dir(p.train_on)
+    train_images, train_table = load_split(processed, "train")
+    val_images, val_table = load_split(processed, "val")
+    manifest = load_manifest(processed)
+    detector, prompts = zeroshot_detector(manifest, p.model, p.zeroshot, dev, p.seed)  # prompts: REAL first
 
     fp = fingerprint(p, world.size)
     resume = load_checkpoint(CHECKPOINT, fp)
@@ -75,11 +75,11 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
                 "wise_alpha": p.finetune.wise_alpha,
             })
         tracking.write_run_file(RUN_JSON, mlrun.info.run_id)  # beside the model: same weights, same DVC hash
-        write_training_curves(PLOTS / "train", result.history)
+        write_training_curves(TRAIN_PLOTS, result.history)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
                             **{f"final_{k}": v for k, v in result.final_val.items()}})
         mlflow.log_artifacts(str(MODEL_DIR), "finetuned")
-        mlflow.log_artifacts(str(PLOTS / "train"), "plots/train")
+        mlflow.log_artifacts(str(TRAIN_PLOTS), "plots/train")
     CHECKPOINT.unlink(missing_ok=True)  # a finished stage leaves only its declared outs
     CHECKPOINT.with_name(CHECKPOINT.name + ".tmp").unlink(missing_ok=True)
     if CHECKPOINT_DIR.is_dir() and not any(CHECKPOINT_DIR.iterdir()):

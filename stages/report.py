@@ -6,9 +6,26 @@ import mlflow
 import pandas as pd
 
 from aigi import params, report, tracking
-from aigi.data.store import atomic_dir, load_split
+from aigi.data.store import atomic_dir, load_manifest, load_split
 from aigi.errors import exits_cleanly
-from aigi.paths import METRICS, PLOTS, PROCESSED, REPORTS, RUN_JSON, SOURCE_JSON
+from aigi.paths import (
+    ATTRIBUTION_FIGURE,
+    EVAL_CURVES,
+    EVAL_METRICS,
+    EVAL_PREDICTIONS,
+    REPORT_HTML,
+    REPORTS,
+    ROBUSTNESS_FIGURE,
+    ROBUSTNESS_METRICS,
+    RUN_JSON,
+    SALIENCY_GRID,
+    SALIENCY_METRICS,
+    TRAIN_CURVES,
+    ZEROSHOT_CURVES,
+    ZEROSHOT_METRICS,
+    processed_dir,
+    source_json,
+)
 
 
 def _json(path):
@@ -18,30 +35,31 @@ def _json(path):
 @exits_cleanly
 def main() -> None:
     p = params.load()
-    test_images, _ = load_split(PROCESSED, "test")
+    processed = processed_dir(p.train_on)
+    test_images, _ = load_split(processed, "test")
     run_id = tracking.read_run_id(RUN_JSON)
     with atomic_dir(REPORTS) as out:
         report.build(
             out, p,
-            zeroshot=_json(METRICS / "zeroshot.json"),
-            finetuned=_json(METRICS / "eval.json"),
-            robustness=_json(METRICS / "robustness.json"),
-            source=_json(SOURCE_JSON),
-            manifest=_json(PROCESSED / "manifest.json"),
+            zeroshot=_json(ZEROSHOT_METRICS),
+            finetuned=_json(EVAL_METRICS),
+            robustness=_json(ROBUSTNESS_METRICS),
+            source=_json(source_json(p.train_on)),
+            manifest=load_manifest(processed),
             figures={
-                "Training curves": PLOTS / "train" / "curves.png",
-                "Zero-shot: ROC, precision-recall, confusion": PLOTS / "zeroshot" / "curves.png",
-                "Fine-tuned: ROC, precision-recall, confusion": PLOTS / "eval" / "curves.png",
-                "Robustness": PLOTS / "robustness" / "robustness.png",
-                "Attribution": PLOTS / "eval" / "attribution_confusion.png",
+                "Training curves": TRAIN_CURVES,
+                "Zero-shot: ROC, precision-recall, confusion": ZEROSHOT_CURVES,
+                "Fine-tuned: ROC, precision-recall, confusion": EVAL_CURVES,
+                "Robustness": ROBUSTNESS_FIGURE,
+                "Attribution": ATTRIBUTION_FIGURE,
             },
-            mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
-            saliency=(_json(METRICS / "saliency.json"), PLOTS / "explain" / "grid.png"),
+            mistakes=(pd.read_csv(EVAL_PREDICTIONS), test_images),
+            saliency=(_json(SALIENCY_METRICS), SALIENCY_GRID),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
         )
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_artifacts(str(REPORTS), "report")
-    print(f"report: {REPORTS / 'report.html'}")
+    print(f"report: {REPORT_HTML}")
 
 
 if __name__ == "__main__":

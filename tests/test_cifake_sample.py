@@ -11,7 +11,7 @@ import pytest
 from conftest import CIFAKE_SAMPLE
 
 from aigi.data import preprocess, sources
-from aigi.params import DataParams, PreprocessParams
+from aigi.params import DatasetParams, PreprocessParams
 
 pytestmark = pytest.mark.skipif(not CIFAKE_SAMPLE.is_file(), reason=f"{CIFAKE_SAMPLE} not present")
 
@@ -22,7 +22,7 @@ CIFAKE_NAME = re.compile(r"^(train|test)/(REAL|FAKE)/\d+( \((?:[2-9]|10)\))?\.jp
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     dest = tmp_path_factory.mktemp("sample") / "data" / "raw"
-    info = sources.download(DataParams(source="local", path=str(CIFAKE_SAMPLE)), 0, dest)
+    info = sources.download(DatasetParams(source="local", path=str(CIFAKE_SAMPLE)), 0, dest)
     return dest, info
 
 

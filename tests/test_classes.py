@@ -1,9 +1,21 @@
-"""Classes from the manifest, prompts per class, and the N-way detector that carries them."""
+"""Classes from the manifest, prompts per class, the N-way detector that carries them, and how a test set's
+classes meet a detector's."""
 
+import numpy as np
 import pytest
 import torch
 
-from aigi.classes import class_prompts, from_manifest, manifest_prompts
+from aigi.classes import (
+    REAL,
+    alias,
+    class_prompts,
+    detector_labels,
+    from_manifest,
+    is_fake,
+    manifest_prompts,
+    p_fake,
+    real_first,
+)
 from aigi.errors import AigiError
 from aigi.model import TINY, create_detector, load_detector, save_detector
 from aigi.params import ZeroshotParams
@@ -42,3 +54,24 @@ def test_n_way_detector_saves_and_loads_its_classes(tmp_path):
     again, meta = load_detector(tmp_path / "m")
     assert again.classes == CLASSES and meta["display_names"] == {"SD14": "Stable Diffusion 1.4"}
     torch.testing.assert_close(again(pixels), det.eval()(pixels))
+
+
+def test_real_first_then_generators_case_insensitively_without_repeats():
+    assert real_first(["vae", "SD14", REAL, "DCGAN", "SD14"]) == [REAL, "DCGAN", "SD14", "vae"]
+    assert real_first(["GAN", "FAKE"]) == ["FAKE", "GAN"]  # no REAL: none invented
+
+
+def test_p_fake_is_one_minus_p_real_for_a_batch_and_for_one_image():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.0, 0.9]])
+    assert np.allclose(p_fake(probs), [0.3, 0.9])
+    assert float(p_fake(probs[1])) == pytest.approx(0.9)
+    assert is_fake([REAL, "SD14", "FAKE"]).tolist() == [0, 1, 1]
+
+
+def test_a_test_sets_classes_meet_the_detectors_by_name_after_aliases():
+    aliases = {"SD14": "FAKE"}
+    test_classes = real_first(alias(c, aliases) for c in [REAL, "DCGAN", "SD14", "VAE"])
+    assert test_classes == [REAL, "DCGAN", "FAKE", "VAE"]
+    # REAL is REAL, FAKE is seen (its index in the detector), the others unseen (-1: detection only)
+    assert detector_labels(test_classes, [REAL, "FAKE"]) == {REAL: 0, "DCGAN": -1, "FAKE": 1, "VAE": -1}
+    assert detector_labels([REAL, "VAE"], [REAL, "DCGAN", "VAE"]) == {REAL: 0, "VAE": 2}

@@ -63,11 +63,16 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
-def test_dvc_deps_are_exactly_the_code_each_stage_runs():
+def stage_bodies() -> dict[str, dict]:
+    """Each dvc.yaml stage's body; a `foreach` stage's is its `do` (one per dataset once DVC expands it)."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+def test_dvc_deps_are_exactly_the_code_each_stage_runs():
     problems = []
-    for name, stage in stages.items():
-        script = stage["cmd"].split()[-1]
+    for name, stage in stage_bodies().items():
+        script = next(word for word in stage["cmd"].split() if word.endswith(".py"))
         deps = [str(d) for d in stage["deps"]]
         runs = {script, *(f.relative_to(ROOT).as_posix() for f in local_modules(ROOT / script, SRC / "aigi"))}
         runs |= USED_NOT_IMPORTED.get(name, set())
@@ -79,5 +84,5 @@ def test_dvc_deps_are_exactly_the_code_each_stage_runs():
 
 def test_mlflow_store_and_experiment_do_not_retrain():
     """Renaming the experiment or moving the store changes where runs are logged, not the model."""
-    finetune = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["finetune"]
+    finetune = stage_bodies()["finetune"]
     assert not [p for p in finetune["params"] if str(p).split(".")[0] == "mlflow"]

@@ -46,7 +46,7 @@ def tracking(tmp_path_factory) -> str:
 
 def project(root: Path, processed: Path, epochs: int = EPOCHS, experiment: str = "finetune-stage-test") -> Path:
     root.mkdir(parents=True)
-    shutil.copytree(processed, root / "data" / "processed")
+    shutil.copytree(processed, root / "data" / "processed" / "cifake")  # the default train_on
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"arch": "aigi-tiny", "pretrained": "none", "device": "cpu"},
@@ -85,7 +85,8 @@ def uninterrupted(root: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
     from aigi.train import train
 
     p = params.load(root / "params.yaml")
-    (train_x, train_t), (val_x, val_t) = (load_split(root / "data" / "processed", s) for s in ("train", "val"))
+    data = root / "data" / "processed" / "cifake"
+    (train_x, train_t), (val_x, val_t) = (load_split(data, s) for s in ("train", "val"))
     detector = create_detector(p.model.arch, p.model.pretrained, p.zeroshot.prompts, torch.device("cpu"), p.seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the stage's processes (OMP_NUM_THREADS=1): bitwise the same arithmetic

@@ -8,7 +8,8 @@ from aigi.errors import AigiError
 
 def test_project_params_load_and_defaults_run_the_real_experiment():
     p = params.load(ROOT / "params.yaml")
-    assert p.data.source == "kaggle"
+    assert p.train_on == "cifake" and list(p.datasets) == ["cifake"] and p.evaluate.test_on == []
+    assert p.training_dataset.source == "kaggle" and p.training_dataset.class_aliases == {}
     assert (p.model.arch, p.model.pretrained) == ("ViT-B-32", "openai")
     assert (p.preprocess.train_per_class, p.preprocess.test_per_class) == (8000, 2000)
     assert p.finetune.method == "contrastive"
@@ -32,13 +33,14 @@ def test_demo_overrides_are_valid():
 
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     demo = params.parse(merge(base, yaml.safe_load((ROOT / "params.demo.yaml").read_text())))
-    assert (demo.data.source, demo.model.arch, demo.model.pretrained) == ("synthetic", "aigi-tiny", "none")
+    assert (demo.training_dataset.source, demo.model.arch, demo.model.pretrained) == ("synthetic", "aigi-tiny", "none")
+    assert list(demo.datasets) == ["cifake"]  # the demo's datasets replace params.yaml's
 
 
 def test_flat_params_are_dotted():
     flat = params.Params().flat()
     assert flat["finetune.lr"] == 1e-5
-    assert flat["data.source"] == "kaggle"
+    assert flat["datasets.cifake.source"] == "kaggle" and flat["train_on"] == "cifake"
     assert "zeroshot.prompts" in flat and "REAL" in flat["zeroshot.prompts"]
 
 
@@ -51,7 +53,7 @@ def test_flat_params_are_dotted():
         ({"finetune": {"method": "magic"}}, "finetune.method: Input should be 'contrastive', 'linear_probe' or 'full'"),
         ({"preprocess": {"train_per_class": "most"}}, "preprocess.train_per_class"),
         ({"preprocess": {"val_fraction": 1.5}}, "preprocess.val_fraction: Input should be less than 1"),
-        ({"data": {"source": "local"}}, "data.source 'local' needs data.path"),
+        ({"datasets": {"cifake": {"source": "local"}}}, "datasets.cifake: source 'local' needs path"),
         ({"model": {"device": "gpu"}}, "model.device: must be auto, cpu, cuda, cuda:N or mps"),
         ({"zeroshot": {"prompts": {"FAKE": ["x"]}}}, "zeroshot.prompts: needs a non-empty list of prompts for REAL"),
         ({"zeroshot": {"prompts": {"REAL": ["x"], "SD": []}}}, "zeroshot.prompts: needs a non-empty list of prompts "
@@ -106,9 +108,14 @@ def test_stage_prints_one_line_and_exits_1(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("section, raw, message", [
     ("evaluate", {"unseen_generators": ["real"]}, "evaluate.unseen_generators: unseen_generators lists REAL"),
     ("evaluate", {"unseen_generators": ["a/b"]}, "evaluate.unseen_generators.0: String should match pattern"),
-    ("data", {"synthetic_generators": ["GAN", "gan"]}, "data.synthetic_generators: synthetic_generators lists GAN "
-                                                       "more than once"),
-    ("data", {"layout": "zip"}, "data.layout: Input should be 'auto', 'folder', 'genimage' or 'label_column'"),
+    ("datasets", {"cifake": {"synthetic_generators": ["GAN", "gan"]}},
+     "datasets.cifake.synthetic_generators: synthetic_generators lists GAN more than once"),
+    ("datasets", {"cifake": {"layout": "zip"}},
+     "datasets.cifake.layout: Input should be 'auto', 'folder', 'genimage' or 'label_column'"),
+    ("datasets", {"cifake": {"class_aliases": {"SD14": "a/b"}}},
+     "datasets.cifake.class_aliases.SD14: String should match pattern"),
+    ("datasets", {"cifake": {"class_aliases": {"nature": "REAL"}}},
+     "datasets.cifake.class_aliases: REAL cannot be aliased"),
 ])
 def test_class_params_fail_naming_the_key(section, raw, message):
     with pytest.raises(AigiError) as e:
@@ -116,10 +123,35 @@ def test_class_params_fail_naming_the_key(section, raw, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("raw, message", [
+    ({"train_on": "genimage"}, "train_on: 'genimage' is not a dataset in `datasets` (names: cifake)"),
+    ({"evaluate": {"test_on": ["multigen"]}}, "evaluate.test_on: 'multigen' is not a dataset in `datasets`"),
+    ({"evaluate": {"test_on": ["cifake"]}}, "evaluate.test_on: 'cifake' is train_on, whose test split is always"),
+    ({"datasets": {"cifake": {}, "b": {}}, "evaluate": {"test_on": ["b", "b"]}}, "evaluate.test_on lists b more"),
+    ({"datasets": {"CIFAKE": {}}, "train_on": "CIFAKE"}, "datasets.CIFAKE: dataset name 'CIFAKE': use lower-case"),
+    ({"datasets": {"a/b": {}}}, "datasets.a/b: dataset name 'a/b'"),
+])
+def test_dataset_names_fail_at_load_naming_the_key(raw, message):
+    with pytest.raises(AigiError) as e:
+        params.parse(raw, "params.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_named_datasets_and_their_lookup():
+    b = {"source": "local", "path": "x", "class_aliases": {"sd14": "fake"}}
+    p = params.parse({"train_on": "a", "datasets": {"a": {"source": "synthetic"}, "b": b},
+                      "evaluate": {"test_on": ["b"]}})
+    assert p.training_dataset.source == "synthetic" and p.dataset("b").class_aliases == {"SD14": "FAKE"}
+    with pytest.raises(AigiError, match=r"no dataset 'c' in params.yaml `datasets` \(names: a, b\)"):
+        p.dataset("c")
+
+
 def test_class_params_are_upper_case_like_the_data():
-    p = params.parse({"data": {"display_names": {"sd14": "Stable Diffusion 1.4"}, "synthetic_generators": ["gan"]},
+    p = params.parse({"datasets": {"cifake": {"display_names": {"sd14": "Stable Diffusion 1.4"},
+                                              "synthetic_generators": ["gan"]}},
                       "evaluate": {"unseen_generators": ["Vae"]}})
-    assert p.data.display_names == {"SD14": "Stable Diffusion 1.4"} and p.data.synthetic_generators == ["GAN"]
+    d = p.training_dataset
+    assert d.display_names == {"SD14": "Stable Diffusion 1.4"} and d.synthetic_generators == ["GAN"]
     assert p.evaluate.unseen_generators == ["VAE"]
 
 
@@ -130,8 +162,10 @@ def test_multigen_sample_params_are_valid_and_name_the_small_vit():
     read = [yaml.safe_load((ROOT / name).read_text()) for name in ("params.yaml", "params.demo.yaml")]
     base = merge(*read)
     p = params.parse(merge(base, file_overrides(ROOT, ROOT / "params.multigen-sample.yaml")))
-    assert (p.data.source, p.finetune.method, p.finetune.epochs, p.finetune.batch_size) == ("local", "full", 6, 128)
-    assert p.data.path.endswith("shared/data/multigen-sample/multigen-sample.zip")
+    d = p.training_dataset
+    assert (p.train_on, list(p.datasets)) == ("multigen", ["multigen"])
+    assert (d.source, p.finetune.method, p.finetune.epochs, p.finetune.batch_size) == ("local", "full", 6, 128)
+    assert d.path.endswith("shared/data/multigen-sample/multigen-sample.zip")
     assert input_size(str(ROOT / p.model.arch)) == 32 and set(p.zeroshot.prompts) == {"REAL"}
 
 
@@ -170,3 +204,15 @@ def test_model_arch_names_are_open_clips_without_importing_it():
     import aigi.model  # noqa: F401  (registers the packaged configs with open_clip)
 
     assert eval(out) == sorted(open_clip.list_models())
+
+
+def test_cross_demo_params_train_on_one_synthetic_dataset_and_test_on_another():
+    from aigi.demo import file_overrides, merge
+
+    read = [yaml.safe_load((ROOT / name).read_text()) for name in ("params.yaml", "params.demo.yaml")]
+    p = params.parse(merge(merge(*read), file_overrides(ROOT, ROOT / "params.cross-demo.yaml")))
+    other = p.dataset("other")
+    assert (p.train_on, p.evaluate.test_on) == ("cifake", ["other"])
+    assert other.source == p.training_dataset.source == "synthetic"
+    assert other.synthetic_seed != p.seed and other.synthetic_train_per_class == 0
+    assert other.class_aliases == {"SD14": "FAKE"} and other.synthetic_generators == ["SD14", "GAN"]

@@ -1,9 +1,47 @@
-"""Where outputs and tracking land: the project root, also inside DVC's temporary experiment copies."""
+"""Where outputs and tracking land: the project root, also inside DVC's temporary experiment copies; and
+every path paths.py names is one that dvc.yaml tracks."""
 
+import re
 from pathlib import Path
+
+import yaml
+from conftest import ROOT
 
 from aigi import paths, tracking
 from aigi.params import Params
+
+NOT_TRACKED = {"CHECKPOINT_DIR"}  # finetune's scratch while it runs: deleted when the stage finishes
+
+
+def dvc_paths() -> list[re.Pattern]:
+    """Every out, dep, metric and plot of dvc.yaml as a pattern: `${key}`, `${item}`, `${train_on}` match a name."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    found = []
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        for field in ("deps", "outs", "metrics", "plots"):
+            for entry in body.get(field, []):
+                path = next(iter(entry)) if isinstance(entry, dict) else str(entry)
+                name = re.escape(re.sub(r"\$\{[^}]+\}", "\0", path)).replace("\0", "[a-z0-9_-]+")
+                found.append(re.compile(name))
+    return found
+
+
+def tracked(path: Path, patterns: list[re.Pattern]) -> bool:
+    """`path` is a dvc.yaml path, or lies in a folder that is one."""
+    return any(p.fullmatch(candidate.as_posix()) for p in patterns for candidate in (path, *path.parents))
+
+
+def test_every_path_paths_names_is_tracked_by_dvc():
+    patterns = dvc_paths()
+    named = {name: value for name, value in vars(paths).items()
+             if isinstance(value, Path) and not name.startswith("_") and name not in NOT_TRACKED}
+    named |= {f"{f.__name__}('cifake')": f("cifake")
+              for f in (paths.raw_dir, paths.raw_images, paths.source_json, paths.processed_dir)}
+    assert len(named) > 20
+    untracked = sorted(name for name, path in named.items() if not tracked(path, patterns))
+    assert not untracked, f"paths.py names paths no dvc.yaml stage has as out or dep: {untracked}"
+    assert not tracked(Path("metrics/nothing.json"), patterns)  # the check can fail
 
 
 def test_project_root_from_dvc_root(monkeypatch, tmp_path):

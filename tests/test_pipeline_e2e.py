@@ -22,7 +22,7 @@ def _repro(project: Path, env: dict, *args: str) -> tuple[list[str], str]:
     res = subprocess.run([sys.executable, "-m", "dvc", "repro", *args], cwd=project, env=env,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return re.findall(r"Running stage '(\w+)'", res.stdout), res.stdout
+    return re.findall(r"Running stage '([\w@-]+)'", res.stdout), res.stdout
 
 
 def _store(project: Path) -> str:
@@ -57,7 +57,7 @@ def project(tmp_path_factory):
 
 def test_first_repro_runs_every_stage(project):
     _, _, ran = project
-    assert ran == ["download", "preprocess", "zeroshot", "finetune", "evaluate", "explain", "report"]
+    assert ran == ["download@cifake", "preprocess@cifake", "zeroshot", "finetune", "evaluate", "explain", "report"]
 
 
 def test_metrics_and_fine_tuning_beats_zero_shot(project):
@@ -81,7 +81,7 @@ def test_metrics_and_fine_tuning_beats_zero_shot(project):
                  "plots/robustness/robustness.csv", "plots/robustness/robustness.png",
                  "plots/train/loss.csv", "plots/train/accuracy.csv", "models/finetuned/detector.json",
                  "plots/explain/grid.png",
-                 "data/raw/SOURCE.json", "data/processed/manifest.json"):
+                 "data/raw/cifake/SOURCE.json", "data/processed/cifake/manifest.json"):
         assert (root / path).is_file(), path
     assert not (root / "models" / "checkpoints" / "finetune.pt").exists()  # only declared outs remain
 
@@ -156,6 +156,32 @@ def test_second_repro_does_nothing_and_adds_no_run(project):
     assert len(_runs(root)) == 1
 
 
+def test_adding_a_test_set_fetches_and_preprocesses_only_that_set(project):
+    """A second dataset (params.cross-demo.yaml's `other`) in `datasets` and `evaluate.test_on`: only its own
+    stages run; nothing is downloaded again or retrained."""
+    import yaml
+
+    root, env, _ = project
+    original = (root / "params.yaml").read_text()
+    cross = yaml.safe_load((ROOT / "params.cross-demo.yaml").read_text())
+    p = yaml.safe_load(original)
+    p["datasets"]["other"] = cross["datasets"]["other"]
+    p["evaluate"]["test_on"] = ["other"]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    try:
+        ran, _ = _repro(root, env)
+        assert ran[:2] == ["download@other", "preprocess@other"] and not {
+            "download@cifake", "preprocess@cifake", "zeroshot", "finetune", "evaluate"} & set(ran), ran
+        manifest = json.loads((root / "data" / "processed" / "other" / "manifest.json").read_text())
+        assert (manifest["dataset"], manifest["role"], list(manifest["splits"])) == ("other", "test", ["test"])
+        assert manifest["classes"] == ["REAL", "FAKE", "GAN"] and manifest["class_aliases"] == {"SD14": "FAKE"}
+        assert not (root / "data" / "raw" / "other" / "images" / "train").exists()
+        assert len(_runs(root)) == 1
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert _repro(root, env)[0] == []  # the baseline's stages are untouched
+
+
 def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_version(project):
     import mlflow
     import yaml
@@ -182,7 +208,7 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
     res = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.epochs=2"], cwd=root,
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    ran = re.findall(r"Running stage '(\w+)'", res.stdout)
+    ran = re.findall(r"Running stage '([\w@-]+)'", res.stdout)
     assert ran == ["finetune", "evaluate", "explain", "report"]
     runs = _runs(root)
     assert len(runs) == 2
@@ -282,7 +308,7 @@ def multigen(tmp_path_factory):
 
 def test_multigen_demo_attributes_generators_and_reports_the_unseen_one(multigen):
     root, env = multigen
-    manifest = json.loads((root / "data" / "processed" / "manifest.json").read_text())
+    manifest = json.loads((root / "data" / "processed" / "cifake" / "manifest.json").read_text())
     assert manifest["classes"] == ["REAL", "DIFFUSION", "GAN"] and manifest["unseen_generators"] == ["VAE"]
     assert json.loads((root / "models" / "finetuned" / "detector.json").read_text())["classes"] == manifest["classes"]
     ft = json.loads((root / "metrics" / "eval.json").read_text())
@@ -298,9 +324,9 @@ def test_multigen_demo_attributes_generators_and_reports_the_unseen_one(multigen
                     "| VAE | VAE |"):
         assert section in md, section
     # The registered model answers with the generator and a probability per class.
-    test = json.loads((root / "data" / "raw" / "SOURCE.json").read_text())
+    test = json.loads((root / "data" / "raw" / "cifake" / "SOURCE.json").read_text())
     assert "GAN" in test["classes"]
-    images = sorted((root / "data" / "raw" / "images" / "test" / "GAN").iterdir())[:4]
+    images = sorted((root / "data" / "raw" / "cifake" / "images" / "test" / "GAN").iterdir())[:4]
     res = subprocess.run([sys.executable, "-m", "aigi.cli", "predict", *map(str, images), "--model",
                           str(root / "models" / "finetuned")], cwd=root, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

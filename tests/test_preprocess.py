@@ -232,3 +232,61 @@ def test_plan_memory_is_flat_over_fifty_classes(tmp_path):
     assert sum(len(v) for v in plan.splits.values()) == 50 * 40
     # Bytes per image found (measured: ~210 kept, ~430 at peak): 1.3 M images plan in well under 1 GB.
     assert kept / 2500 < 400 and peak / 2500 < 1000
+
+
+# ---------------------------------------------------------------- named datasets: train on one, test on another
+
+
+@pytest.fixture
+def two_datasets(tmp_path):
+    """data/raw/<name>/images of two synthetic datasets: `cifake` (REAL, FAKE) with splits, and `other`
+    (REAL, SD14, GAN) as `<CLASS>/` folders under test/ alone, drawn from another seed."""
+    from aigi.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "raw" / "cifake" / "images", 20, 6, seed=0)
+    write_synthetic(tmp_path / "raw" / "other" / "images", 0, 8, seed=1, generators=["SD14", "GAN"])
+    return tmp_path / "raw"
+
+
+def _run_dataset(raw, out, name, role, **kw):
+    cfg = PreprocessParams(train_per_class="all", test_per_class="all", workers=1, chunk_size=16)
+    return preprocess.run(raw / name / "images", out / name, cfg, seed=3, image_size=32, role=role, **kw)
+
+
+def test_two_named_datasets_the_training_one_split_the_other_test_only(two_datasets, tmp_path):
+    out = tmp_path / "processed"
+    train = _run_dataset(two_datasets, out, "cifake", "train")
+    test = _run_dataset(two_datasets, out, "other", "test", class_aliases={"SD14": "FAKE"})
+    assert (train["dataset"], train["role"], list(train["splits"])) == ("cifake", "train", ["train", "val", "test"])
+    assert (test["dataset"], test["role"], list(test["splits"])) == ("other", "test", ["test"])
+    assert sorted(p.name for p in (out / "other").iterdir()) == ["manifest.json", "test.csv", "test.npy"]
+    # label_name is the class after the aliases, the manifest records them; REAL first, then sorted
+    assert test["classes"] == ["REAL", "FAKE", "GAN"] and test["class_aliases"] == {"SD14": "FAKE"}
+    assert test["unseen_generators"] == [] and test["splits"]["test"]["per_class"] == {"REAL": 8, "FAKE": 8, "GAN": 8}
+    _, table = load_split(out / "other", "test")
+    assert {(r.label_name, r.label) for r in table.itertuples()} == {("REAL", 0), ("FAKE", 1), ("GAN", 2)}
+    assert set(table[table.label_name == "FAKE"].file.str.split("/").str[1]) == {"SD14"}  # the raw folder
+    assert json.loads((out / "other" / "manifest.json").read_text()) == test
+
+
+def test_a_test_set_needs_no_train_folder_but_the_training_dataset_does(two_datasets, tmp_path):
+    with pytest.raises(AigiError, match=r"other/images/train is missing; re-run the download stage "
+                                        r"\(dvc repro download@other\)"):
+        _run_dataset(two_datasets, tmp_path / "p", "other", "train")
+    assert not (tmp_path / "p" / "other").exists()
+
+
+def test_an_alias_that_is_not_a_class_of_the_dataset_is_one_line(two_datasets, tmp_path):
+    with pytest.raises(AigiError) as err:
+        _run_dataset(two_datasets, tmp_path / "p", "other", "test", class_aliases={"SD15": "FAKE"})
+    assert str(err.value) == ("datasets.other.class_aliases: SD15 is not a class of other (classes: REAL, GAN, SD14); "
+                              "fix or remove it")
+
+
+def test_aliases_may_merge_two_folders_into_one_class_of_the_training_dataset(two_datasets, tmp_path):
+    from aigi.data.synthetic import write_synthetic
+
+    raw = tmp_path / "merged"
+    write_synthetic(raw / "m" / "images", 20, 6, seed=0, generators=["SD14", "SD15"])
+    m = _run_dataset(raw, tmp_path / "p", "m", "train", class_aliases={"SD14": "SD", "SD15": "SD"})
+    assert m["classes"] == ["REAL", "SD"] and m["splits"]["test"]["per_class"] == {"REAL": 6, "SD": 12}

@@ -118,8 +118,8 @@ def test_synthetic_artifact_region_confines_the_fingerprint(tmp_path):
     assert np.array_equal(fake("center")[8:24, 8:24], fake("full")[8:24, 8:24])
     # outside its region the image is the plain scene (no period-2 row pattern): far from the full fingerprint
     assert np.abs(fake("corner")[half:] - fake("full")[half:]).mean() > 5
-    with pytest.raises(AigiError, match=r"data\.synthetic_artifact_region"):
-        parse({"data": {"source": "synthetic", "synthetic_artifact_region": "edge"}})
+    with pytest.raises(AigiError, match=r"datasets\.cifake\.synthetic_artifact_region"):
+        parse({"datasets": {"cifake": {"source": "synthetic", "synthetic_artifact_region": "edge"}}})
 
 
 def test_saliency_needs_a_vit():

@@ -11,7 +11,7 @@ import pytest
 from aigi.data import sources
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError
-from aigi.params import DataParams
+from aigi.params import DatasetParams
 
 
 def _facts(capsys) -> dict[str, str]:
@@ -22,7 +22,7 @@ def _facts(capsys) -> dict[str, str]:
 
 def _download(tmp_path, **data):
     dest = tmp_path / "data" / "raw"
-    info = sources.download(DataParams(**data), 7, dest)
+    info = sources.download(DatasetParams(**data), 7, dest)
     return dest, info
 
 
@@ -174,10 +174,11 @@ def test_archive_bombs_refused_before_extraction_completes(tmp_path):
     path = tmp_path / "bomb.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * 5_000_000)
-    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise data.max_archive_bytes"):
+    with pytest.raises(AigiError, match=r"bomb.zip: expands to over 1,000,000 bytes; raise "
+                                             r"datasets.<name>.max_archive_bytes"):
         sources.extract_archive(path, tmp_path / "o", 1_000_000, 10**6)
     assert not (tmp_path / "o" / "big.bin").exists()  # refused from the member list, before writing
-    with pytest.raises(AigiError, match=r"over 1 members; raise data.max_archive_members"):
+    with pytest.raises(AigiError, match=r"over 1 members; raise datasets.<name>.max_archive_members"):
         many = tmp_path / "many.zip"
         with zipfile.ZipFile(many, "w") as zf:
             zf.writestr("a", b"1")
@@ -252,7 +253,8 @@ def test_kaggle_unpinned_offline_falls_back_to_the_newest_cached_copy(tmp_path, 
 
 def test_kaggle_offline_without_cache_is_one_line(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty"))
-    with pytest.raises(AigiError, match=r"^data.source 'kaggle': could not download .*data.source: local") as err:
+    with pytest.raises(AigiError, match=r"^datasets.<name>.source 'kaggle': could not download "
+                                         r".*datasets.<name>.source: local") as err:
         _download(tmp_path, source="kaggle")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()
@@ -273,7 +275,8 @@ def test_huggingface_snapshot_folder_and_offline(tmp_path, monkeypatch):
         raise ConnectionError("Max retries exceeded\n[Errno 101] Network is unreachable")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(AigiError, match=r"data.source 'huggingface': could not download someone/cifake .*local"):
+    with pytest.raises(AigiError, match=r"datasets.<name>.source 'huggingface': could not download "
+                                         r"someone/cifake .*local"):
         _download(tmp_path / "b", source="huggingface", huggingface_dataset="someone/cifake")
     assert not (tmp_path / "b" / "data" / "raw").exists()
 
@@ -405,7 +408,7 @@ def test_parquet_with_a_named_label_column_and_real_values(tmp_path):
     assert info["counts"]["test/SDXL"] == 2  # `validation` is the test split when there is no test shard
     assert (dest / "images" / "train" / "FLUX.1_DEV" / "Flux.1 dev-0000.png").is_file()
     with pytest.raises(AigiError, match=r"no label column 'model' \(columns found: image, generator, label\); "
-                                        r"set data.label_column"):
+                                        r"set datasets.<name>.label_column"):
         _download(tmp_path / "b", source="local", path=str(hub), label_column="model")
     with pytest.raises(AigiError, match=r"no REAL class \(classes found: FLUX.1_DEV, REAL_PHOTO, SDXL\)"):
         hub2 = tmp_path / "hub2"
@@ -441,7 +444,8 @@ def test_layout_errors_are_one_line(tmp_path):
         _download(tmp_path / "d", source="local", path=str(src), real_class="nature")
     for split in ("train", "test"):
         (src / split / "REAL").rename(src / split / "photos")
-    with pytest.raises(AigiError, match=r"no REAL class \(classes found: GAN, PHOTOS\); set data.real_class"):
+    with pytest.raises(AigiError, match=r"no REAL class \(classes found: GAN, PHOTOS\); "
+                                         r"set datasets.<name>.real_class"):
         _download(tmp_path / "e", source="local", path=str(src))
     assert not (tmp_path / "e" / "data" / "raw").exists()
 
@@ -602,11 +606,11 @@ def test_zip_member_that_expands_far_beyond_its_compressed_size_is_refused_befor
     out = tmp_path / "o"
     with pytest.raises(AigiError, match=r"^bomb.zip: refusing member 'cifake/zeros.png': it expands 20,000,000 bytes "
                                         r"from [\d,]+ \(ratio \d+ > 100\), a decompression bomb's shape; "
-                                        r"raise data.max_compression_ratio if expected$"):
+                                        r"raise datasets.<name>.max_compression_ratio if expected$"):
         sources.extract_archive(path, out, 10**12, 10**6, max_ratio=100)
     assert not out.exists() or not any(out.rglob("*.*"))  # refused from the member list, nothing written
     # through the download stage: the param in the dataset section, nothing left behind
-    with pytest.raises(AigiError, match=r"raise data\.max_compression_ratio"):
+    with pytest.raises(AigiError, match=r"raise datasets\.<name>\.max_compression_ratio"):
         _download(tmp_path / "d", source="local", path=str(path))
     assert sorted(p.name for p in (tmp_path / "d" / "data").iterdir()) == []
     # a tar.gz compresses as one stream: the archive's own ratio, checked before the member is written
@@ -677,3 +681,34 @@ def test_errors_inside_an_archive_name_the_archive_and_the_path_in_it(tmp_path):
     # outside an archive, the user's own folder is named as it is
     with pytest.raises(AigiError, match=rf"^{re.escape(str(clash / 'train'))}: SD14 and sd14 are both class SD14"):
         _download(tmp_path / "d", source="local", path=str(clash))
+
+
+# ---------------------------------------------------------------- test-only datasets (issue 14)
+
+
+def test_class_folders_without_splits_are_a_test_only_dataset(tmp_path):
+    write_synthetic(tmp_path / "tree", 1, 3, seed=0, generators=["SD14", "GAN"])
+    flat = tmp_path / "src" / "testset"
+    shutil.copytree(tmp_path / "tree" / "test", flat)  # REAL/, SD14/, GAN/ with no train/ or test/ above
+    (flat / "REAL").rename(flat / "real")
+    dest, info = _download(tmp_path, source="local", path=str(flat.parent))
+    assert info["counts"] == {"test/REAL": 3, "test/GAN": 3, "test/SD14": 3}
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["test"]
+    assert len((dest / "SHA256SUMS").read_text().splitlines()) == 9
+
+
+def test_synthetic_test_only_dataset_with_its_own_seed(tmp_path):
+    kw = {"source": "synthetic", "synthetic_test_per_class": 2}
+    a, info = _download(tmp_path / "a", synthetic_train_per_class=0, synthetic_seed=1, **kw)
+    b, _ = _download(tmp_path / "b", synthetic_train_per_class=0, **kw)  # the global seed
+    assert info["counts"] == {"test/REAL": 2, "test/FAKE": 2} and info["version"] == "seed=1"
+    assert (a / "SHA256SUMS").read_text() != (b / "SHA256SUMS").read_text()
+
+
+def test_a_dataset_with_train_alone_is_one_line(tmp_path):
+    write_synthetic(tmp_path / "src" / "d", 2, 1, seed=0)
+    shutil.rmtree(tmp_path / "src" / "d" / "test")
+    (tmp_path / "src" / "d" / "test").mkdir()  # an empty test/: the layout is found, the split is empty
+    with pytest.raises(AigiError, match=r"the dataset has no test split \(only train/\)"):
+        _download(tmp_path, source="local", path=str(tmp_path / "src"))
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "raw.partial").exists()

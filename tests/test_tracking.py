@@ -20,7 +20,7 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("DVC_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    processed = tmp_path / "data" / "processed"
+    processed = tmp_path / "data" / "processed" / "cifake"
     processed.mkdir(parents=True)
     (processed / "manifest.json").write_text("{}\n")
     for split, (real, fake) in (("train", (30, 20)), ("test", (8, 12))):
@@ -31,7 +31,7 @@ def store(tmp_path, monkeypatch):
 
 
 def _params(uri: str, **finetune):
-    return parse({"data": {"source": "synthetic"}, "model": {"arch": "aigi-tiny", "pretrained": "none"},
+    return parse({"datasets": {"cifake": {"source": "synthetic"}}, "model": {"arch": "aigi-tiny", "pretrained": "none"},
                   "finetune": {"method": "linear_probe", **finetune},
                   "mlflow": {"experiment": "t", "tracking_uri": uri}})
 

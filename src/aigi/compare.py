@@ -21,7 +21,7 @@ METHODS = tuple(methods.METHODS)  # every row of the methods table, in its order
 # The README's `dvc exp show`: zero-shot vs fine-tuned accuracy and ROC-AUC always, the other headline
 # metrics of metrics/summary.json and the params where they differ; no other metrics, deps or timestamps.
 SHOW = ["exp", "show", "--no-pager", "--only-changed", "--keep", "(acc|auc)_(zs|ft)$", "--drop",
-        r"(?!Experiment|(acc|auc|f1|ece)_|seed$|(data|preprocess|model|zeroshot|finetune|evaluate|report|mlflow)\.)"]
+        r"(?!Experiment|(acc|auc|f1|ece)_|seed$|train_on$|(datasets|preprocess|model|zeroshot|finetune|evaluate|report|mlflow)\.)"]
 
 
 def experiment_name(method: str) -> str:

@@ -9,7 +9,9 @@ its absolute URI, so a later `dvc repro` or `dvc exp run` inside the copy tracks
 `--generators A,B,C` makes the synthetic source draw one class per generator (each with its own
 fingerprint), so the demo shows attribution; `--unseen C` holds generators out of training.
 `--params FILE` merges a further YAML file last (e.g. `params.multigen-sample.yaml`: real data, a
-small ViT); a relative `data.path` in it is taken from the project root.
+small ViT; `params.cross-demo.yaml`: train on one synthetic dataset, test on another); a relative
+`datasets.<name>.path` in it is taken from the project root. A file that sets `datasets` replaces the
+whole mapping: it names every dataset of its run.
 """
 
 from __future__ import annotations
@@ -24,14 +26,18 @@ from typing import Any
 import yaml
 
 from aigi.errors import AigiError
+from aigi.paths import REPORT_HTML
 
 GIT = ["git", "-c", "user.name=aigi demo", "-c", "user.email=demo@aigi.invalid", "-c", "commit.gpgsign=false"]
+
+
+REPLACED = ("prompts", "datasets")  # taken whole from the override: merging would keep the base's entries
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "prompts" else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in REPLACED else v
     return out
 
 
@@ -111,9 +117,11 @@ def generator_overrides(root: Path, generators: list[str], unseen: list[str]) ->
     if len(set(generators) - set(unseen)) < 1:
         raise AigiError("--unseen holds out every generator; keep at least one for training")
     base = yaml.safe_load((root / "params.yaml").read_text())
+    demo = yaml.safe_load((root / "params.demo.yaml").read_text())
+    name = demo["train_on"]
     return {
-        "data": {"synthetic_generators": generators, "synthetic_train_per_class": 300,
-                 "synthetic_test_per_class": 100, "display_names": {}},
+        "datasets": {name: {**demo["datasets"][name], "synthetic_generators": generators,
+                            "synthetic_train_per_class": 300, "synthetic_test_per_class": 100, "display_names": {}}},
         "zeroshot": {"prompts": {"REAL": base["zeroshot"]["prompts"]["REAL"]}},
         "finetune": {"epochs": 3},  # the fingerprints are learnt by then
         "evaluate": {"unseen_generators": unseen},
@@ -121,26 +129,36 @@ def generator_overrides(root: Path, generators: list[str], unseen: list[str]) ->
 
 
 def file_overrides(root: Path, path: Path) -> dict[str, Any]:
-    """Params from a YAML file, with a relative `data.path` resolved against `root` (the copy is elsewhere)."""
+    """Params from a YAML file, with each relative `datasets.<name>.path` resolved against `root` (the copy
+    is elsewhere)."""
     if not path.is_file():
         raise AigiError(f"--params {path}: no such file")
     over = yaml.safe_load(path.read_text()) or {}
-    data_path = (over.get("data") or {}).get("path")
-    if data_path and not Path(data_path).is_absolute():
-        over["data"]["path"] = str((root / data_path).resolve())
+    for dataset in (over.get("datasets") or {}).values():
+        if (dataset or {}).get("path") and not Path(dataset["path"]).is_absolute():
+            dataset["path"] = str((root / dataset["path"]).resolve())
     return over
 
 
 def run(root: Path, dest: Path, overrides: dict[str, Any] | None = None) -> int:
     prepare(root, dest, overrides)
-    print(f"demo: running `dvc repro` in {dest} (synthetic data, {_arch(dest)}, CPU)", flush=True)
+    print(f"demo: running `dvc repro` in {dest} ({_datasets(dest)}, {_arch(dest)}, CPU)", flush=True)
     code = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=stage_env()).returncode
     if code == 0:
         uri = yaml.safe_load((dest / "params.yaml").read_text())["mlflow"]["tracking_uri"]
-        print(f"demo: done. Report: {dest / 'reports' / 'report.html'}; metrics: {dest / 'metrics'}; "
+        print(f"demo: done. Report: {dest / REPORT_HTML}; metrics: {dest / 'metrics'}; "
               f"MLflow: `make ui` (store {uri}, experiment aigi-demo)")
     return code
 
 
 def _arch(dest: Path) -> str:
     return yaml.safe_load((dest / "params.yaml").read_text())["model"]["arch"]
+
+
+def _datasets(dest: Path) -> str:
+    """`train on cifake (synthetic), test on other (synthetic)`: what the demo runs on."""
+    from aigi import params
+
+    p = params.load(dest / "params.yaml")
+    return ", ".join([f"train on {p.train_on} ({p.training_dataset.source})",
+                      *(f"test on {name} ({p.dataset(name).source})" for name in p.evaluate.test_on)])

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from aigi import metrics
-from aigi.classes import from_manifest, is_fake
-from aigi.data.store import load_split
+from aigi.classes import from_manifest, is_fake, p_fake
+from aigi.data.store import load_manifest, load_split
 from aigi.errors import AigiError
-from aigi.inference import class_probs, p_fake
+from aigi.inference import class_probs
 from aigi.model import Detector
 from aigi.params import Params
 from aigi.plots import write_attribution_plots, write_robustness_plots, write_score_plots
@@ -25,7 +25,7 @@ def test_classes(detector: Detector, manifest: dict[str, Any]) -> tuple[list[str
     classes, display_names = from_manifest(manifest)
     if detector.classes != classes:
         raise AigiError(f"the model's classes {detector.classes} differ from the data's {classes} "
-                        f"(data/processed/manifest.json); re-run finetune (dvc repro)")
+                        f"(its manifest.json); re-run finetune (dvc repro)")
     return classes, display_names
 
 
@@ -34,7 +34,7 @@ def score_test_split(detector: Detector, params: Params, name: str, batch_size: 
     """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusions,
     predictions.csv); `name` labels the progress bar and the plots."""
     images, table = load_split(processed, "test")
-    classes, _ = test_classes(detector, json.loads((processed / "manifest.json").read_text()))
+    classes, _ = test_classes(detector, load_manifest(processed))
     labels = table["label"].to_numpy()
     probs = class_probs(detector, images, batch_size, desc=f"{name} test")
     result = metrics.evaluate_classes(classes, labels, table["label_name"].to_numpy(), probs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from aigi.classes import p_fake
 from aigi.device import autocast, maybe_resident
 from aigi.model import Detector
 from aigi.progress import progress
@@ -31,11 +32,6 @@ def class_probs(detector: Detector, images: np.ndarray, batch_size: int, desc: s
             out[start : start + len(batch)] = logits.float().softmax(dim=1).cpu().numpy()
             bar.update(len(batch))
     return out
-
-
-def p_fake(probs: np.ndarray) -> np.ndarray:
-    """P(fake) = 1 − P(REAL): any generator counts as fake."""
-    return 1.0 - probs[:, 0]
 
 
 def predict_proba(detector: Detector, images: np.ndarray, batch_size: int, desc: str = "predict") -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from aigi.cifake import per_content_class
-from aigi.classes import REAL
+from aigi.classes import REAL, is_fake, p_fake
 
 SCALARS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
 ECE_BINS = 15
@@ -233,9 +233,9 @@ def evaluate_classes(
     (detection only) for test images of generators held out of training (label -1)."""
     labels = np.asarray(labels, dtype=int)
     names = np.asarray(label_names, dtype=object)
-    p = 1.0 - probs[:, 0]  # P(fake) = 1 − P(REAL)
+    p = p_fake(probs)
     seen = labels >= 0
-    out = evaluate((names[seen] != REAL).astype(int), p[seen], threshold, bootstrap, seed,
+    out = evaluate(is_fake(names[seen]), p[seen], threshold, bootstrap, seed,
                    files=None if files is None else [f for f, s in zip(files, seen, strict=True) if s])
     if len(classes) > 2:
         att = attribution(labels[seen], probs[seen], classes, bootstrap, seed)

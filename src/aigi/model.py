@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aigi.classes import REAL
+from aigi.classes import REAL, manifest_prompts
 from aigi.errors import AigiError, one_line
 
 TINY = "aigi-tiny"  # the project's tiny architecture: tests and the offline demo, CPU, seconds
@@ -164,6 +164,15 @@ def create_detector(
     detector = Detector(clip, model_cfg, list(prompts), open_clip.get_tokenizer(name)).to(device)
     detector.set_head_from_prompts(prompts)
     return detector
+
+
+def zeroshot_detector(manifest: dict[str, Any], model: Any, zeroshot: Any, device: torch.device, seed: int
+                      ) -> tuple[Detector, dict[str, list[str]]]:
+    """The pretrained CLIP with one prompt ensemble per class of a processed dataset's `manifest`, from the
+    `model` and `zeroshot` params sections: the zero-shot detector, and where fine-tuning starts. Also
+    returns the prompts (keys: the classes, REAL first)."""
+    prompts = manifest_prompts(manifest, zeroshot)
+    return create_detector(model.arch, model.pretrained, prompts, device, seed=seed), prompts
 
 
 def save_detector(detector: Detector, folder: Path, meta: dict[str, Any]) -> None:

@@ -17,8 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from aigi.classes import REAL
 from aigi.errors import AigiError
 from aigi.methods import IMAGE_TOWER, METHODS
 
@@ -28,15 +38,25 @@ MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preproces
 MAX_COMPRESSION_RATIO = 100  # default zip-bomb guard: expanded / compressed size of an archive member (sources.py)
 
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
-# A generator's class name: a safe folder name (data/raw/images/<split>/<CLASS>/), as class_name() makes them.
+# A generator's class name: a safe folder name (data/raw/<dataset>/images/<split>/<CLASS>/), as class_name() makes them.
 ClassName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")]
+
+
+def _dataset_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+        raise ValueError(f"dataset name {name!r}: use lower-case letters, digits, _ and - (it names the dataset's "
+                         f"folders, data/raw/<name>/, and its DVC stages, download@<name>)")
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_dataset_name)]
 
 
 def _generators(names: list[str], key: str) -> list[str]:
     """Generator class names in upper case (as the data's classes are), none REAL, no repeats."""
     upper = [n.upper() for n in names]
-    if "REAL" in upper:
-        raise ValueError(f"{key} lists REAL, which is the real class, not a generator")
+    if REAL in upper:
+        raise ValueError(f"{key} lists {REAL}, which is the real class, not a generator")
     repeated = sorted({n for n in upper if upper.count(n) > 1})
     if repeated:
         raise ValueError(f"{key} lists {', '.join(repeated)} more than once")
@@ -47,25 +67,29 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class DataParams(Section):
+class DatasetParams(Section):
+    """One entry of `datasets`: where its images come from, how its folders read, how its classes are named."""
+
     source: Literal["kaggle", "huggingface", "url", "local", "synthetic"] = "kaggle"
     path: str | None = None  # folder or archive, for `local`
     kaggle_dataset: str = "birdy654/cifake-real-and-ai-generated-synthetic-images"
     huggingface_dataset: str | None = None  # a hub dataset id, for `huggingface`
     url: str | None = None  # a zip or tar, for `url`
     sha256: str | None = None  # expected SHA-256 of the `url` archive (optional)
-    synthetic_train_per_class: Annotated[int, Field(gt=0)] = 600
+    synthetic_train_per_class: Annotated[int, Field(ge=0)] = 600  # 0: no train/, a test-only dataset
     synthetic_test_per_class: Annotated[int, Field(gt=0)] = 200
+    synthetic_seed: Annotated[int, Field(ge=0)] | None = None  # null: `seed`; another value draws other images
     synthetic_artifact_region: Literal["full", "center", "corner"] = "full"  # where FAKE carries its fingerprint
     synthetic_generators: Annotated[list[ClassName], Field(min_length=1)] = Field(default_factory=lambda: ["FAKE"])
     layout: Literal["auto", "folder", "genimage", "label_column"] = "auto"
-    real_class: Annotated[str, Field(min_length=1)] = "REAL"  # folder layout: the real images' folder (any case)
+    real_class: Annotated[str, Field(min_length=1)] = REAL  # folder layout: the real images' folder (any case)
     label_column: Annotated[str, Field(min_length=1)] = "label"  # label_column layout: the column naming the class
-    real_labels: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["REAL", "nature"])
+    real_labels: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: [REAL, "nature"])
     display_names: dict[str, str] = Field(default_factory=lambda: {"FAKE": "Stable Diffusion 1.4"})
     max_archive_bytes: Annotated[int, Field(gt=0)] = 20_000_000_000  # expanded size limit
     max_archive_members: Annotated[int, Field(gt=0)] = 1_000_000
     max_compression_ratio: Annotated[float, Field(gt=1)] = MAX_COMPRESSION_RATIO  # a member expanding more: refused
+    class_aliases: dict[ClassName, ClassName] = Field(default_factory=dict)  # {its class: the detector's class}
 
     @field_validator("synthetic_generators")
     @classmethod
@@ -77,12 +101,20 @@ class DataParams(Section):
     def _display_names(cls, v: dict[str, str]) -> dict[str, str]:
         return {k.upper(): name for k, name in v.items()}  # class names are upper case
 
+    @field_validator("class_aliases")
+    @classmethod
+    def _aliases(cls, v: dict[str, str]) -> dict[str, str]:
+        upper = {k.upper(): name.upper() for k, name in v.items()}  # class names are upper case
+        if REAL in upper or REAL in upper.values():
+            raise ValueError(f"{REAL} cannot be aliased (real images are named by real_class / real_labels)")
+        return upper
+
     @model_validator(mode="after")
-    def _source_needs(self) -> DataParams:
+    def _source_needs(self) -> DatasetParams:
         needs = {"local": "path", "url": "url", "huggingface": "huggingface_dataset"}
         key = needs.get(self.source)
         if key and not getattr(self, key):
-            raise ValueError(f"data.source '{self.source}' needs data.{key} to be set")
+            raise ValueError(f"source '{self.source}' needs {key} to be set")
         return self
 
 
@@ -159,12 +191,12 @@ class ZeroshotParams(Section):
     # Class name -> prompts; REAL is required. Generators without their own prompts get the templates.
     prompts: dict[str, list[str]] = Field(
         default_factory=lambda: {
-            "REAL": ["a real photo.", "a photo taken with a camera.", "a real photograph of an object."],
+            REAL: ["a real photo.", "a photo taken with a camera.", "a real photograph of an object."],
             "FAKE": ["an AI-generated image.", "a synthetic image made by a computer.",
                      "a fake image generated by AI."],
         }
     )
-    # Prompts for a generator that has none in `prompts`; {name} = its display name (data.display_names).
+    # Prompts for a generator that has none in `prompts`; {name} = its display name (datasets.<name>.display_names).
     generator_templates: list[str] = Field(
         default_factory=lambda: ["an image generated by {name}.", "an AI-generated image made with {name}.",
                                  "a synthetic image created by {name}."]
@@ -174,8 +206,8 @@ class ZeroshotParams(Section):
     @field_validator("prompts")
     @classmethod
     def _real_and_lists(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        if not v.get("REAL"):
-            raise ValueError("needs a non-empty list of prompts for REAL")
+        if not v.get(REAL):
+            raise ValueError(f"needs a non-empty list of prompts for {REAL}")
         for name, texts in v.items():
             if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
                 raise ValueError(f"needs a non-empty list of prompts for {name}")
@@ -229,6 +261,7 @@ class RobustnessParams(Section):
 
 
 class EvaluateParams(Section):
+    test_on: list[DatasetName] = Field(default_factory=list)  # more test sets; train_on's own test is always scored
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
     unseen_generators: list[ClassName] = Field(default_factory=list)  # held out of train/val, tested apart
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
@@ -270,7 +303,8 @@ class MlflowParams(Section):
 
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
-    data: DataParams = DataParams()
+    train_on: DatasetName = "cifake"  # the dataset whose train split trains; its test split is the main test
+    datasets: dict[DatasetName, DatasetParams] = Field(default_factory=lambda: {"cifake": DatasetParams()})
     preprocess: PreprocessParams = PreprocessParams()
     model: ModelParams = ModelParams()
     zeroshot: ZeroshotParams = ZeroshotParams()
@@ -279,6 +313,32 @@ class Params(Section):
     explain: ExplainParams = ExplainParams()
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _names_are_datasets(self) -> Params:
+        names = ", ".join(self.datasets) or "none"
+        if self.train_on not in self.datasets:
+            raise ValueError(f"train_on: '{self.train_on}' is not a dataset in `datasets` (names: {names})")
+        for name in self.evaluate.test_on:
+            if name not in self.datasets:
+                raise ValueError(f"evaluate.test_on: '{name}' is not a dataset in `datasets` (names: {names})")
+        if self.train_on in self.evaluate.test_on:
+            raise ValueError(f"evaluate.test_on: '{self.train_on}' is train_on, whose test split is always scored; "
+                             f"remove it")
+        repeated = sorted({n for n in self.evaluate.test_on if self.evaluate.test_on.count(n) > 1})
+        if repeated:
+            raise ValueError(f"evaluate.test_on lists {', '.join(repeated)} more than once")
+        return self
+
+    def dataset(self, name: str) -> DatasetParams:
+        """`datasets.<name>`; a name that is not there (e.g. a stage's argument) is one clear line."""
+        if name not in self.datasets:
+            raise AigiError(f"no dataset '{name}' in params.yaml `datasets` (names: {', '.join(self.datasets)})")
+        return self.datasets[name]
+
+    @property
+    def training_dataset(self) -> DatasetParams:
+        return self.datasets[self.train_on]
 
     def flat(self) -> dict[str, Any]:
         """Every param as `section.key` -> value (lists and dicts as their YAML text)."""
@@ -301,13 +361,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _one_line(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "literal[", "int")))
+        key = ".".join(str(p) for p in e["loc"]
+                       if not str(p).startswith(("function-", "literal[", "int", "[key]")))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml in the repo for the valid keys)"
         got = e.get("input")
         shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{key or '<top level>'}: {msg}{shown}")
+        parts.append(f"{key}: {msg}{shown}" if key else msg)  # a top-level check's message starts with its key
     # Union types report one error per member; keep the first per key to stay on one line.
     seen: dict[str, str] = {}
     for p in parts:

@@ -1,20 +1,72 @@
-"""Where things live. Every stage resolves paths against the project root."""
+"""Where things live: every path of the pipeline, relative to the project root, is named here once.
+
+Each dataset (params.yaml `datasets.<name>`) has its own raw and processed folders; every other
+artifact is one per run. tests/test_paths.py checks that each name below is an out or dep in dvc.yaml.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-RAW = Path("data/raw")
-RAW_IMAGES = RAW / "images"  # every source normalised to {train,test}/<CLASS>/
-SOURCE_JSON = RAW / "SOURCE.json"
-PROCESSED = Path("data/processed")
+_RAW = Path("data/raw")
+_PROCESSED = Path("data/processed")
+_METRICS = Path("metrics")
+_PLOTS = Path("plots")
+
+# File and folder names inside a dataset's folders (library code builds them from the folder it is given).
+IMAGES = "images"  # in each raw folder: the images, normalised to {train,test}/<CLASS>/
+SOURCE = "SOURCE.json"  # in each raw folder: what was fetched, from where, classes, counts, hashes
+SHA256SUMS = "SHA256SUMS"  # in each raw folder: one line per image, `sha256sum -c` format
+MANIFEST = "manifest.json"  # in each processed folder: what preprocess made (aigi.data.store.load_manifest)
+
+
+def raw_dir(dataset: str) -> Path:
+    """The download stage's out for `dataset`: images/, SOURCE.json, SHA256SUMS."""
+    return _RAW / dataset
+
+
+def raw_images(dataset: str) -> Path:
+    """Every source normalised to `{train,test}/<CLASS>/` (a test-only dataset: `test/` alone)."""
+    return raw_dir(dataset) / IMAGES
+
+
+def source_json(dataset: str) -> Path:
+    return raw_dir(dataset) / SOURCE
+
+
+def processed_dir(dataset: str) -> Path:
+    """The preprocess stage's out: `{train,val,test}.{npy,csv}` (test-only: `test.*`) and manifest.json."""
+    return _PROCESSED / dataset
+
+
 MODEL_DIR = Path("models/finetuned")
 RUN_JSON = Path("models/run.json")  # the model's MLflow run: outside the model folder, whose hash is the weights'
-CHECKPOINT_DIR = Path("models/checkpoints")
-METRICS = Path("metrics")
-PLOTS = Path("plots")
+CHECKPOINT_DIR = Path("models/checkpoints")  # finetune's scratch while it runs; never an out
+
+ZEROSHOT_METRICS = _METRICS / "zeroshot.json"
+EVAL_METRICS = _METRICS / "eval.json"
+ROBUSTNESS_METRICS = _METRICS / "robustness.json"
+SUMMARY_METRICS = _METRICS / "summary.json"  # the headline numbers for `dvc exp show`
+SALIENCY_METRICS = _METRICS / "saliency.json"
+
+TRAIN_PLOTS = _PLOTS / "train"
+ZEROSHOT_PLOTS = _PLOTS / "zeroshot"
+EVAL_PLOTS = _PLOTS / "eval"
+ROBUSTNESS_PLOTS = _PLOTS / "robustness"
+EXPLAIN_PLOTS = _PLOTS / "explain"
+
+TRAIN_CURVES = TRAIN_PLOTS / "curves.png"
+ZEROSHOT_CURVES = ZEROSHOT_PLOTS / "curves.png"
+ZEROSHOT_PREDICTIONS = ZEROSHOT_PLOTS / "predictions.csv"
+EVAL_CURVES = EVAL_PLOTS / "curves.png"
+EVAL_PREDICTIONS = EVAL_PLOTS / "predictions.csv"
+ATTRIBUTION_FIGURE = EVAL_PLOTS / "attribution_confusion.png"
+ROBUSTNESS_FIGURE = ROBUSTNESS_PLOTS / "robustness.png"
+SALIENCY_GRID = EXPLAIN_PLOTS / "grid.png"
+
 REPORTS = Path("reports")
+REPORT_HTML = REPORTS / "report.html"
 
 
 def project_root() -> Path:

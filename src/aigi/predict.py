@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from aigi.classes import DETECTION
+from aigi.classes import DETECTION, p_fake
 from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
 from aigi.errors import AigiError
 from aigi.inference import class_probs
@@ -74,7 +74,7 @@ def output_columns(classes: Sequence[str]) -> list[str]:
 
 def answer(classes: Sequence[str], probs: np.ndarray, threshold: float) -> dict[str, Any]:
     """One prediction's `output_columns`: P(fake) = 1 − P(REAL); the generator is the argmax over the generators."""
-    p = float(1.0 - probs[0])
+    p = float(p_fake(probs))
     row: dict[str, Any] = {"p_fake": p, "label": DETECTION[int(p >= threshold)]}
     if len(classes) > 2:
         row["generator"] = classes[1 + int(np.argmax(probs[1:]))]

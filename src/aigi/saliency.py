@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from aigi.classes import DETECTION, REAL, is_fake, real_first
 from aigi.errors import AigiError
 from aigi.model import Detector
 from aigi.params import ExplainParams
@@ -112,18 +113,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, scale: int 
     return out.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else out
 
 
-def is_fake(table: pd.DataFrame) -> np.ndarray:
-    """Detection truth per row: any class but REAL (the unseen generators' test images included)."""
-    if "label_name" in table:
-        return (table["label_name"].astype(str) != "REAL").to_numpy()
-    return table["label"].to_numpy() != 0
-
-
 def class_names(table: pd.DataFrame) -> list[str]:
-    """REAL first, then every other class in the table, sorted case-insensitively (the class model's order)."""
-    names = table["label_name"].astype(str) if "label_name" in table else table["label"].map({0: "REAL", 1: "FAKE"})
-    others = sorted({n for n in names if n != "REAL"}, key=str.lower)
-    return (["REAL"] if (names == "REAL").any() else []) + others
+    """The classes in the table, in the class model's order (REAL first)."""
+    names = table["label_name"].astype(str) if "label_name" in table else table["label"].map(dict(enumerate(DETECTION)))
+    return real_first(names)
 
 
 def pick_examples(predictions: pd.DataFrame, threshold: float, count: int) -> dict[str, dict[str, list[int]]]:
@@ -132,11 +125,11 @@ def pick_examples(predictions: pd.DataFrame, threshold: float, count: int) -> di
     names = predictions["label_name"].astype(str) if "label_name" in predictions else None
     fake_pred = predictions["p_fake"].to_numpy() >= threshold
     confidence = np.where(fake_pred, predictions["p_fake"], 1 - predictions["p_fake"])
-    correct = fake_pred == is_fake(predictions)
+    correct = fake_pred == is_fake(predictions["label_name"].astype(str)).astype(bool)
     out: dict[str, dict[str, list[int]]] = {}
     for name in class_names(predictions):
         in_class = (names == name).to_numpy() if names is not None else (
-            predictions["label"].to_numpy() == (0 if name == "REAL" else 1))
+            predictions["label"].to_numpy() == (0 if name == REAL else 1))
         picks = {}
         for kind, ok in (("correct", correct), ("mistakes", ~correct)):
             idx = np.flatnonzero(in_class & ok)
@@ -215,7 +208,7 @@ def summarise(models: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarr
     n = len(images) if cfg.max_images is None else min(cfg.max_images, len(images))
     rows = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
     names = np.asarray(table["label_name"].astype(str) if "label_name" in table else
-                       np.where(table["label"].to_numpy() == 0, "REAL", "FAKE"))[rows]
+                       np.where(table["label"].to_numpy() == 0, *DETECTION))[rows]
     result: dict[str, Any] = {
         "border_fraction": cfg.border_fraction,
         "uniform_border_share": round(uniform_border_share(images.shape[1], cfg.border_fraction), 4),

@@ -22,7 +22,7 @@ import yaml
 
 from aigi.errors import AigiError, one_line
 from aigi.params import Params
-from aigi.paths import PROCESSED, project_root, user_root
+from aigi.paths import MANIFEST, processed_dir, project_root, user_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow
@@ -94,15 +94,15 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def data_version(root: Path) -> str:
-    """DVC's hash of data/processed (from dvc.lock), else a hash of its manifest."""
+def data_version(root: Path, dataset: str) -> str:
+    """DVC's hash of data/processed/<dataset> (from dvc.lock), else a hash of its manifest."""
     lock = root / "dvc.lock"
     if lock.is_file():
         stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for out in stages.get("preprocess", {}).get("outs", []):
-            if out.get("path") == PROCESSED.as_posix():
+        for out in stages.get(f"preprocess@{dataset}", {}).get("outs", []):
+            if out.get("path") == processed_dir(dataset).as_posix():
                 return f"md5:{out.get('md5')}"
-    manifest = root / PROCESSED / "manifest.json"
+    manifest = root / processed_dir(dataset) / MANIFEST
     if manifest.is_file():
         return "manifest-sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
     return "unknown"
@@ -120,7 +120,7 @@ def run_name(params: Params) -> str:
 
 def data_label(params: Params) -> str:
     """Where the images came from, in a few words: `synthetic`, `kaggle:birdy654/cifake-...`."""
-    d = params.data
+    d = params.training_dataset
     where = {"kaggle": d.kaggle_dataset, "huggingface": d.huggingface_dataset, "url": d.url, "local": d.path}
     return f"{d.source}:{where[d.source]}" if where.get(d.source) else d.source
 
@@ -193,8 +193,8 @@ def start_training_run(params: Params, run_id: str | None = None) -> mlflow.Acti
     root = project_root()
     run = mlflow.start_run(experiment_id=exp, run_name=run_name(params))
     mlflow.log_params(params.flat())
-    version = data_version(root)
-    counts = log_datasets(params, root / PROCESSED, version)
+    version = data_version(root, params.train_on)
+    counts = log_datasets(params, root / processed_dir(params.train_on), version)
     mlflow.set_tags({
         "git_commit": git_commit(root),
         "dvc_data_version": version,

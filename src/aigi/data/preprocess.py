@@ -1,10 +1,14 @@
 """Raw images -> CLIP-ready arrays: dedupe, subsample per class, split, decode, resize, write.
 
-Input: `data/raw/images/{train,test}/<CLASS>/` (REAL and one folder per generator). Output in
-`data/processed/`: `{train,val,test}.npy` (N×S×S×3 uint8, memory-mappable), `{train,val,test}.csv`
-(file, label, label_name, sha256, width, height) and `manifest.json` (classes, display names,
-unseen generators, counts, duplicates, skipped files and original sizes per class). All the work per
-image (hash, decode, resize, write) runs in one worker process per core; each worker writes its
+Input: `data/raw/<dataset>/images/{train,test}/<CLASS>/` (REAL and one folder per generator). Output
+in `data/processed/<dataset>/`: `{train,val,test}.npy` (N×S×S×3 uint8, memory-mappable),
+`{train,val,test}.csv` (file, label, label_name, sha256, width, height) and `manifest.json` (dataset,
+role, classes, class aliases, display names, unseen generators, counts, duplicates, skipped files and
+original sizes per class). The training dataset (role `train`) gets all three splits; a test set
+(role `test`) gets `test` alone, and needs no `train/` folder. `label_name` is the class after the
+dataset's `class_aliases`; `label` indexes the manifest's `classes` (-1: a held-out generator).
+
+All the work per image (hash, decode, resize, write) runs in one worker process per core; each worker writes its
 rows straight into the `.npy` file at their place, and the main process only keeps the books.
 Memory stays flat in N: a worker holds one chunk of small decoded images and one resize batch.
 """
@@ -27,12 +31,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from aigi.classes import REAL, alias, real_first
 from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, to_model_input
 from aigi.data.store import ArrayWriter, RowFile, atomic_dir, sha256_file
 from aigi.errors import AigiError
 from aigi.params import PreprocessParams
+from aigi.paths import MANIFEST, SHA256SUMS, SOURCE
 from aigi.progress import progress
 
+SPLITS = ("train", "test")  # the raw splits; val is carved from train
+ROLES = ("train", "test")  # the training dataset (train_on), or a test set (test only)
 NATIVE_SIZE = (32, 32)  # CIFAKE's images: kept as decoded until the batched resize; others resized at once
 TOP_SIZES = 5  # most common original sizes listed per class in the manifest
 RESIZE_BATCH = 16  # images per matrix product in a worker: small enough to stay in the CPU cache
@@ -53,7 +61,7 @@ class SplitPlan:
     """Which files go into which output split, and what was dropped on the way."""
 
     splits: dict[str, list[Candidate]]
-    found_classes: list[str] = field(default_factory=list)  # every class in data/raw: REAL first, then sorted
+    found_classes: list[str] = field(default_factory=list)  # every class in the raw data (after aliases), REAL first
     classes: list[str] = field(default_factory=list)  # the model's: found_classes less the unseen generators
     unseen: list[str] = field(default_factory=list)
     found: dict[str, int] = field(default_factory=dict)  # images per split/class before dedupe
@@ -131,24 +139,36 @@ def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[
 # ---------------------------------------------------------------- planning
 
 
-def find_classes(raw: Path) -> list[str]:
-    """The classes in `raw/{train,test}/`: REAL first, then the generators sorted case-insensitively."""
-    for split in ("train", "test"):
+def find_classes(raw: Path, splits: Sequence[str] = SPLITS) -> list[str]:
+    """The class folders in `raw/<split>/` for each of `splits`: REAL first, then the generators sorted."""
+    for split in splits:
         if not (raw / split).is_dir():
-            raise AigiError(f"{raw / split} is missing; re-run the download stage (dvc repro download)")
-    names = {c.name for split in ("train", "test") for c in (raw / split).iterdir() if c.is_dir()}
-    if "REAL" not in names:
-        raise AigiError(f"{raw}: no REAL class (classes found: {', '.join(sorted(names)) or 'none'}); "
-                        f"re-run the download stage (dvc repro download)")
-    return sorted(names, key=lambda n: (n != "REAL", n.lower(), n))
+            raise AigiError(f"{raw / split} is missing; re-run the download stage "
+                            f"(dvc repro download@{raw.parent.name})")
+    names = {c.name for split in splits for c in (raw / split).iterdir() if c.is_dir()}
+    if REAL not in names:
+        raise AigiError(f"{raw}: no {REAL} class (classes found: {', '.join(sorted(names)) or 'none'}); "
+                        f"re-run the download stage (dvc repro download@{raw.parent.name})")
+    return real_first(names)
 
 
-def scan(raw: Path, classes: list[str], pool: Any = None) -> tuple[dict[str, list[Candidate]], list[str]]:
-    """List the image files of `raw/{train,test}/<CLASS>` with their content hashes; and what was ignored."""
+def aliased_classes(folders: list[str], class_aliases: dict[str, str], dataset: str) -> list[str]:
+    """The dataset's classes as the detector names them (`datasets.<dataset>.class_aliases`), REAL first."""
+    unknown = sorted(set(class_aliases) - set(folders))
+    if unknown:
+        raise AigiError(f"datasets.{dataset}.class_aliases: {', '.join(unknown)} is not a class of {dataset} "
+                        f"(classes: {', '.join(folders)}); fix or remove it")
+    return real_first(alias(f, class_aliases) for f in folders)
+
+
+def scan(raw: Path, label_of: dict[str, int], pool: Any = None, splits: Sequence[str] = SPLITS
+         ) -> tuple[dict[str, list[Candidate]], list[str]]:
+    """List the image files of `raw/<split>/<folder>` (label `label_of[folder]`) with their content hashes;
+    and what was ignored."""
     listed: list[tuple[str, str, int]] = []  # (split, file, label)
     ignored: list[str] = []
-    for split in ("train", "test"):
-        for label, name in enumerate(classes):
+    for split in splits:
+        for name, label in label_of.items():
             folder = raw / split / name
             if not folder.is_dir():
                 continue  # a class with no images in this split: reported by the counts
@@ -162,7 +182,7 @@ def scan(raw: Path, classes: list[str], pool: Any = None) -> tuple[dict[str, lis
     pieces = [chunk for _, chunk in _chunks(paths, 4, 2048)]
     hashed = pool.imap(_hash_files, pieces) if pool else map(_hash_files, pieces)
     digests = [d for chunk in progress(hashed, total=len(pieces), desc="hash", unit="chunk") for d in chunk]
-    out: dict[str, list[Candidate]] = {"train": [], "test": []}
+    out: dict[str, list[Candidate]] = {split: [] for split in splits}
     for (split, rel, label), digest in zip(listed, digests, strict=True):
         out[split].append(Candidate(rel, label, digest))
     return out, ignored
@@ -185,7 +205,7 @@ def dedupe(found: dict[str, list[Candidate]], drop_train_copies_of_test: bool) -
         report[f"within_{split}_dropped_per_class"] = dict(Counter(pair[1].split("/")[1] for pair in pairs))
         report[f"within_{split}_examples"] = pairs[:EXAMPLES]
     test_hashes = {c.sha256 for c in kept["test"]}
-    shared = [c for c in kept["train"] if c.sha256 in test_hashes]
+    shared = [c for c in kept.get("train", []) if c.sha256 in test_hashes]  # a test set has no train
     report["train_test_shared"] = len(shared)
     report["train_copies_of_test_dropped"] = 0
     report["train_copies_of_test_dropped_per_class"] = {}
@@ -221,9 +241,15 @@ def subsample(items: list[Candidate], classes: list[str], per_class: int | str, 
     return out
 
 
-def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unseen: Sequence[str] = ()) -> SplitPlan:
-    """Dedupe, subsample per class and split; `unseen` generators stay out of train and val entirely."""
-    found_classes = find_classes(raw)
+def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unseen: Sequence[str] = (),
+         class_aliases: dict[str, str] | None = None, role: str = "train", dataset: str = "") -> SplitPlan:
+    """Dedupe, subsample per class and split; `unseen` generators stay out of train and val entirely.
+    A test set (`role` test) is only deduped and subsampled: its test split alone."""
+    aliases = class_aliases or {}
+    splits = SPLITS if role == "train" else ("test",)
+    folders = find_classes(raw, splits)
+    found_classes = aliased_classes(folders, aliases, dataset or raw.parent.name)
+    label_of = {f: found_classes.index(alias(f, aliases)) for f in folders}  # raw folder -> class index
     unknown = [u for u in unseen if u not in found_classes[1:]]
     if unknown:
         raise AigiError(f"evaluate.unseen_generators: {', '.join(unknown)} is not a generator in the data "
@@ -232,9 +258,13 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unsee
     if len(classes) < 2:
         raise AigiError(f"evaluate.unseen_generators holds out every generator ({', '.join(unseen)}); "
                         f"keep at least one to train on")
-    found, ignored = scan(raw, found_classes, pool)
+    found, ignored = scan(raw, label_of, pool, splits)
     counts = {f"{s}/{found_classes[k]}": n for s, items in found.items() for k, n in
               sorted(Counter(c.label for c in items).items())}
+    if role == "test":
+        kept, dup_report = dedupe(found, False)
+        test = subsample(kept["test"], found_classes, params.test_per_class, np.random.default_rng([seed, 1]), "test")
+        return SplitPlan({"test": test}, found_classes, classes, [], counts, dup_report, ignored)
     # Held-out generators never reach train or val: dropped before anything is drawn from train.
     held = {found_classes.index(u) for u in unseen}
     found["train"] = [c for c in found["train"] if c.label not in held]
@@ -272,24 +302,34 @@ def plan(raw: Path, params: PreprocessParams, seed: int, pool: Any = None, unsee
 # ---------------------------------------------------------------- the stage
 
 
-def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: int,
-        unseen: Sequence[str] = ()) -> dict[str, Any]:
-    """The preprocess stage: plan the splits, then decode, resize and write each one.
+def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: int, *, dataset: str | None = None,
+        role: str = "train", class_aliases: dict[str, str] | None = None, unseen: Sequence[str] = ()
+        ) -> dict[str, Any]:
+    """The preprocess stage for `dataset`: plan the splits, then decode, resize and write each one.
 
+    `dataset` (default: `dest`'s name) is recorded in the manifest and names the dataset in errors.
+    `role` train writes train, val and test; `role` test (a test set) writes test alone.
     `unseen` generators (evaluate.unseen_generators) are kept out of train and val; their test
     images get label -1 and their generator's name as label_name.
     """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    dataset = dataset or dest.name
+    class_aliases = dict(class_aliases or {})
     workers = worker_count(params)
-    skipped_rows = _source_skipped_rows(raw.parent / "SOURCE.json", params.on_bad_image)
+    skipped_rows = _source_skipped_rows(raw.parent / SOURCE, params.on_bad_image)
     with atomic_dir(dest) as out, worker_pool(workers) as pool:
-        split_plan = plan(raw, params, seed, pool, unseen)
-        sums = raw.parent / "SHA256SUMS"  # the content of the raw data, not where or when it came from
+        split_plan = plan(raw, params, seed, pool, unseen, class_aliases, role, dataset)
+        sums = raw.parent / SHA256SUMS  # the content of the raw data, not where or when it came from
         manifest: dict[str, Any] = {
+            "dataset": dataset,
+            "role": role,
             "image_size": image_size,
             "interpolation": INTERPOLATION,
             "seed": seed,
             "classes": split_plan.classes,
-            "display_names": _display_names(raw.parent / "SOURCE.json", split_plan.found_classes),
+            "class_aliases": class_aliases,
+            "display_names": _display_names(raw.parent / SOURCE, split_plan.found_classes, class_aliases),
             "unseen_generators": split_plan.unseen,
             "sha256sums_sha256": hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else None,
             "found": split_plan.found,
@@ -306,7 +346,7 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
                 split, items, raw, out, params, image_size, pool, workers, manifest["skipped"], split_plan, sizes
             )
         manifest["original_sizes"] = {name: t.summary() for name, t in sizes.items() if t.sizes}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -321,10 +361,11 @@ def _source_skipped_rows(source_json: Path, on_bad_image: str) -> list[dict[str,
     return [{"file": r["shard"], "row": r["row"], "reason": r["reason"]} for r in rows]
 
 
-def _display_names(source_json: Path, classes: list[str]) -> dict[str, str]:
-    """Each class's display name, as the download stage recorded it (default: the class name)."""
+def _display_names(source_json: Path, classes: list[str], class_aliases: dict[str, str]) -> dict[str, str]:
+    """Each class's display name, as the download stage recorded it for its folder (default: the class name)."""
     recorded = json.loads(source_json.read_text()).get("display_names", {}) if source_json.is_file() else {}
-    return {c: recorded.get(c, c) for c in classes}
+    shown = {alias(folder, class_aliases): name for folder, name in recorded.items() if folder != name}
+    return {c: shown.get(c, c) for c in classes}
 
 
 class SizeTally:

@@ -1,7 +1,8 @@
-"""Fetch a dataset from the source named in `data.source` into `data/raw/images/{train,test}/<CLASS>/`.
+"""Fetch a dataset from its `source` into `data/raw/<dataset>/images/{train,test}/<CLASS>/`.
 
-Every source ends in the same layout plus `data/raw/SOURCE.json` (what, where from, counts, hashes)
-and `data/raw/SHA256SUMS` (one line per image, `sha256sum -c` format). The result is built in a
+Every source ends in the same layout plus `data/raw/<dataset>/SOURCE.json` (what, where from, counts,
+hashes) and `SHA256SUMS` beside it (one line per image, `sha256sum -c` format). A test-only dataset
+(`<CLASS>/` folders without splits) has `test/` alone. The result is built in a
 `.partial` folder and moved into place only when complete, so an interrupted or failed download
 never leaves something that looks finished.
 """
@@ -27,21 +28,21 @@ from typing import Any
 
 import yaml
 
+from aigi.classes import REAL, real_first
 from aigi.data.images import is_image_file
-from aigi.data.store import sha256_file
+from aigi.data.store import atomic_dir, sha256_file
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError, one_line
-from aigi.params import MAX_COMPRESSION_RATIO, DataParams
-from aigi.paths import RAW_IMAGES
+from aigi.params import MAX_COMPRESSION_RATIO, DatasetParams
+from aigi.paths import IMAGES, SHA256SUMS, SOURCE
 from aigi.progress import progress
 
 SPLITS = ("train", "test")
-RAW_IMAGES_NAME = RAW_IMAGES.name  # data/raw/images: every source normalised to {train,test}/<CLASS>/
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 CACHE = Path(os.environ.get("AIGI_CACHE", Path.home() / ".cache" / "aigi"))
 OFFLINE_HINT = (
-    "without network access, download the dataset elsewhere and set `data.source: local` and "
-    "`data.path: /path/to/dataset.zip` (or the unpacked folder) in params.yaml"
+    "without network access, download the dataset elsewhere and set `datasets.<name>.source: local` and "
+    "`datasets.<name>.path: /path/to/dataset.zip` (or the unpacked folder) in params.yaml"
 )
 
 
@@ -50,43 +51,36 @@ OFFLINE_HINT = (
 RUN_FACTS = ("cache", "note", "downloaded", "path")  # facts of this run or machine, not of the data
 
 
-def download(params: DataParams, seed: int, dest: Path) -> dict[str, Any]:
-    """Fetch the dataset named by `params` into `dest` (e.g. data/raw); returns SOURCE.json's content."""
-    staging = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+def download(params: DatasetParams, seed: int, dest: Path) -> dict[str, Any]:
+    """Fetch the dataset `params` describes into `dest` (data/raw/<dataset>); returns SOURCE.json's content."""
+    with atomic_dir(dest) as staging:
         fetch = FETCHERS[params.source]
-        info = fetch(params, seed, staging / RAW_IMAGES_NAME)
+        info = fetch(params, seed, staging / IMAGES)
         # Where and how this run got the data (cache path, online or not) is printed, not written:
         # SOURCE.json must be identical for identical data, or DVC would re-run everything downstream.
         for key in RUN_FACTS:
             if key in info:
                 print(f"download: {key}: {info.pop(key)}")
         info = {"source": params.source, **info,
-                **summarise(staging / RAW_IMAGES_NAME, staging / "SHA256SUMS", params.display_names)}
-        (staging / "SOURCE.json").write_text(json.dumps(info, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+                **summarise(staging / IMAGES, staging / SHA256SUMS, params.display_names)}
+        (staging / SOURCE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
 # ---------------------------------------------------------------- sources
 
 
-def fetch_synthetic(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
+def fetch_synthetic(params: DatasetParams, seed: int, out: Path) -> dict[str, Any]:
+    seed = seed if params.synthetic_seed is None else params.synthetic_seed
     write_synthetic(out, params.synthetic_train_per_class, params.synthetic_test_per_class, seed,
                     params.synthetic_generators, params.synthetic_artifact_region)
     return {"id": "aigi-synthetic", "version": f"seed={seed}"}
 
 
-def fetch_local(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
+def fetch_local(params: DatasetParams, seed: int, out: Path) -> dict[str, Any]:
     path = Path(params.path or "").expanduser()
     if not path.exists():
-        raise AigiError(f"data.path '{path}' does not exist; point it at a dataset folder or archive")
+        raise AigiError(f"datasets.<name>.path '{path}' does not exist; point it at a dataset folder or archive")
     info: dict[str, Any] = {"id": path.name, "path": str(path.resolve())}  # the name: same on every machine
     if path.is_file():
         info["archive_sha256"] = sha256_file(path)
@@ -94,7 +88,7 @@ def fetch_local(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
     return info
 
 
-def fetch_kaggle(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
+def fetch_kaggle(params: DatasetParams, seed: int, out: Path) -> dict[str, Any]:
     import kagglehub  # imported here: it reads its config and env at import
 
     handle = params.kaggle_dataset
@@ -108,7 +102,7 @@ def fetch_kaggle(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
         cached = _kaggle_cached(handle)
         if cached is None:
             raise AigiError(
-                f"data.source 'kaggle': could not download {handle} ({_short(e)}); {OFFLINE_HINT}"
+                f"datasets.<name>.source 'kaggle': could not download {handle} ({_short(e)}); {OFFLINE_HINT}"
             ) from None
         folder, note = cached, f"offline ({_short(e)}); used the cached copy"
     version = folder.name if folder.parent.name == "versions" else None
@@ -139,20 +133,21 @@ def _kaggle_cached(handle: str) -> Path | None:
     return None
 
 
-def fetch_huggingface(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
+def fetch_huggingface(params: DatasetParams, seed: int, out: Path) -> dict[str, Any]:
     from huggingface_hub import snapshot_download
 
     repo = params.huggingface_dataset
     try:
         folder = Path(snapshot_download(repo_id=repo, repo_type="dataset"))
     except Exception as e:
-        raise AigiError(f"data.source 'huggingface': could not download {repo} ({_short(e)}); {OFFLINE_HINT}") from None
+        raise AigiError(f"datasets.<name>.source 'huggingface': could not download {repo} ({_short(e)}); "
+                        f"{OFFLINE_HINT}") from None
     info: dict[str, Any] = {"id": repo, "version": folder.name}
     info.update(import_dataset(folder, out, params))
     return info
 
 
-def fetch_url(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
+def fetch_url(params: DatasetParams, seed: int, out: Path) -> dict[str, Any]:
     url = params.url or ""
     expected = params.sha256.lower() if params.sha256 else None
     name = Path(urllib.request.url2pathname(url.split("?")[0])).name or "cifake.zip"
@@ -165,12 +160,13 @@ def fetch_url(params: DataParams, seed: int, out: Path) -> dict[str, Any]:
         digest = sha256_file(cached)
     if expected and digest != expected:
         cached.unlink()
-        raise AigiError(f"data.url: SHA-256 mismatch (expected {params.sha256}, got {digest}); check data.sha256")
+        raise AigiError(f"datasets.<name>.url: SHA-256 mismatch (expected {params.sha256}, got {digest}); "
+                        f"check datasets.<name>.sha256")
     info = {"id": url, "archive_sha256": digest, "cache": str(cached), "downloaded": fetched}
     return {**info, **import_dataset(cached, out, params)}
 
 
-FETCHERS: dict[str, Callable[[DataParams, int, Path], dict[str, Any]]] = {
+FETCHERS: dict[str, Callable[[DatasetParams, int, Path], dict[str, Any]]] = {
     "synthetic": fetch_synthetic,
     "local": fetch_local,
     "kaggle": fetch_kaggle,
@@ -191,7 +187,8 @@ def _download_file(url: str, target: Path) -> None:
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as e:
         part.unlink(missing_ok=True)
-        raise AigiError(f"data.source 'url': could not download {url} ({_short(e)}); {OFFLINE_HINT}") from None
+        raise AigiError(f"datasets.<name>.source 'url': could not download {url} ({_short(e)}); "
+                        f"{OFFLINE_HINT}") from None
     part.rename(target)
 
 
@@ -201,11 +198,11 @@ def _short(e: BaseException) -> str:
 
 # ---------------------------------------------------------------- layout and import
 
-REAL = "REAL"
 GENIMAGE_SPLITS = {"train": "train", "val": "test"}  # GenImage's `val` is the test split
 GENIMAGE_KINDS = ("ai", "nature")
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # Hugging Face imagefolder: file_name + label columns
-REAL_LABEL_HINT = "set data.real_class (folders) or data.real_labels (a label column) to the name real images carry"
+REAL_LABEL_HINT = ("set datasets.<name>.real_class (folders) or datasets.<name>.real_labels (a label column) to "
+                   "the name real images carry")
 
 
 def class_name(raw: str, real_names: Sequence[str] = (REAL,)) -> str:
@@ -221,10 +218,10 @@ def class_name(raw: str, real_names: Sequence[str] = (REAL,)) -> str:
     return name
 
 
-def import_dataset(path: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
+def import_dataset(path: Path, out: Path, params: DatasetParams, move: bool = False) -> dict[str, Any]:
     """Normalise a dataset folder, or the folder inside an archive, into `out/{train,test}/<CLASS>/`.
 
-    Layouts (`data.layout`, or detected): `folder` = `{train,test}/<CLASS>/`; `genimage` =
+    Layouts (`datasets.<name>.layout`, or detected): `folder` = `{train,test}/<CLASS>/`; `genimage` =
     `<Generator>/{train,val}/{ai,nature}/`; `label_column` = Hugging Face parquet shards. Files
     keep their original names (moved rather than copied when `move`: our own scratch copy).
     """
@@ -321,25 +318,35 @@ def detect_layout(root: Path) -> str:
 
 
 def find_layout(root: Path, real_class: str = REAL, depth: int = 3) -> dict[tuple[str, str], list[tuple[str, Path]]]:
-    """Locate `{train,test}/<CLASS>/` at or below `root`; class folders in any case, `real_class` -> REAL."""
+    """Locate `{train,test}/<CLASS>/` at or below `root`; class folders in any case, `real_class` -> REAL.
+
+    A folder of `<CLASS>/` folders with no splits (one of them `real_class`) is a test-only dataset: all test.
+    """
     for folder in _walk(root, depth):
         splits = {s: _child(folder, s) for s in SPLITS}
-        if not all(splits.values()):
-            continue
-        found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
-        for split, s in splits.items():
-            for c in _dirs(s):  # type: ignore[arg-type]
-                label = class_name(c.name, (real_class,))
-                if (split, label) in found:
-                    raise AigiError(f"{_shown(s)}: {found[(split, label)][0][1].name} and {c.name} are both "
-                                    f"class {label}; merge or rename one")
-                found[(split, label)] = [(c.name, c)]
-        return found
+        if all(splits.values()):
+            return _class_folders(splits, real_class)  # type: ignore[arg-type]
+    for folder in _walk(root, depth):
+        if _child(folder, real_class) and not any(_child(folder, s) for s in (*SPLITS, "val")):
+            return _class_folders({"test": folder}, real_class)
     raise AigiError(
         f"{_shown(root)}: no dataset layout found (expected train/ and test/, each with one folder per class: "
-        f"{real_class}/ and one per generator, e.g. FAKE/; or GenImage's <Generator>/{{train,val}}/{{ai,nature}}/; "
-        f"or parquet shards); found: {_seen(root)}"
+        f"{real_class}/ and one per generator, e.g. FAKE/; or those class folders alone, all test; or GenImage's "
+        f"<Generator>/{{train,val}}/{{ai,nature}}/; or parquet shards); found: {_seen(root)}"
     )
+
+
+def _class_folders(splits: dict[str, Path], real_class: str) -> dict[tuple[str, str], list[tuple[str, Path]]]:
+    """(split, class) -> [(folder name, folder)] for the class folders of each split folder."""
+    found: dict[tuple[str, str], list[tuple[str, Path]]] = {}
+    for split, s in splits.items():
+        for c in _dirs(s):
+            label = class_name(c.name, (real_class,))
+            if (split, label) in found:
+                raise AigiError(f"{_shown(s)}: {found[(split, label)][0][1].name} and {c.name} are both class {label}; "
+                                f"merge or rename one")
+            found[(split, label)] = [(c.name, c)]
+    return found
 
 
 def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
@@ -374,10 +381,10 @@ def find_genimage(root: Path) -> dict[tuple[str, str], list[tuple[str, Path]]]:
     return found
 
 
-def import_parquet(folder: Path, out: Path, params: DataParams | None = None) -> dict[str, Any]:
+def import_parquet(folder: Path, out: Path, params: DatasetParams | None = None) -> dict[str, Any]:
     """Hugging Face parquet shards (an image column with bytes, a label column) -> image files.
 
-    The label comes from `data.label_column`; its values in `data.real_labels` are REAL, any other
+    The label comes from `datasets.<name>.label_column`; its values in `datasets.<name>.real_labels` are REAL, any other
     value is a generator class (class-index labels are named by the dataset card's features). Read
     in record batches, so memory stays flat whatever the shard size. A shard's split comes from its
     path (`train-00000-of-00002.parquet`, `data/test/...`; `validation` is the test split when
@@ -386,7 +393,7 @@ def import_parquet(folder: Path, out: Path, params: DataParams | None = None) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    params = params or DataParams()
+    params = params or DatasetParams()
     column = params.label_column
     names = _hf_label_names(folder, column)
     shards = sorted(folder.rglob("*.parquet"))
@@ -444,7 +451,7 @@ def _not_parquet(shard: Path, e: BaseException) -> AigiError:
     return AigiError(f"{_shown(shard)}: not a readable parquet file ({_short(e)}); download it again or remove it")
 
 
-def import_metadata(folder: Path, out: Path, params: DataParams, move: bool = False) -> dict[str, Any]:
+def import_metadata(folder: Path, out: Path, params: DatasetParams, move: bool = False) -> dict[str, Any]:
     """Hugging Face image folders: `metadata.csv` / `metadata.jsonl` rows name a `file_name` and its label column.
 
     The split comes from the metadata file's path, as for parquet shards; files keep their names.
@@ -490,7 +497,7 @@ def _split_files(files: list[Path], root: Path) -> list[tuple[Path, str]]:
 def _has_label_column(where: str, column: str, columns: list[str]) -> None:
     if column not in columns:
         raise AigiError(f"{where}: no label column '{column}' (columns found: {', '.join(columns)}); "
-                        f"set data.label_column")
+                        f"set datasets.<name>.label_column")
 
 
 def _image_suffix(data: bytes) -> str:
@@ -554,11 +561,12 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
     def limits(count: int, total: int) -> None:
         if count > max_members:
             raise AigiError(
-                f"{archive.name}: over {max_members:,} members; raise data.max_archive_members if expected"
+                f"{archive.name}: over {max_members:,} members; raise datasets.<name>.max_archive_members if expected"
             )
         if total > max_bytes:
             raise AigiError(
-                f"{archive.name}: expands to over {max_bytes:,} bytes; raise data.max_archive_bytes if expected"
+                f"{archive.name}: expands to over {max_bytes:,} bytes; raise datasets.<name>.max_archive_bytes "
+                f"if expected"
             )
 
     def ratio(name: str | None, expanded: int, compressed: int) -> None:
@@ -567,7 +575,7 @@ def extract_archive(archive: Path, dest: Path, max_bytes: int, max_members: int,
             what = f"refusing member '{name}': it expands" if name else "expands"
             raise AigiError(
                 f"{archive.name}: {what} {expanded:,} bytes from {compressed:,} (ratio {expanded / compressed:.0f} > "
-                f"{max_ratio:g}), a decompression bomb's shape; raise data.max_compression_ratio if expected"
+                f"{max_ratio:g}), a decompression bomb's shape; raise datasets.<name>.max_compression_ratio if expected"
             )
 
     try:
@@ -636,8 +644,7 @@ _TAR_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link"
 
 def classes_in(root: Path) -> list[str]:
     """The classes under `root/{train,test}/`: REAL first, then the generators sorted case-insensitively."""
-    names = {c.name for split in SPLITS if (root / split).is_dir() for c in _dirs(root / split)}
-    return sorted(names, key=lambda n: (n != REAL, n.lower(), n))
+    return real_first(c.name for split in SPLITS if (root / split).is_dir() for c in _dirs(root / split))
 
 
 def summarise(root: Path, sums_path: Path, display_names: dict[str, str] | None = None) -> dict[str, Any]:
@@ -653,11 +660,14 @@ def summarise(root: Path, sums_path: Path, display_names: dict[str, str] | None 
         raise AigiError("the dataset has only REAL images: it needs at least one generator's images")
     counts = {}
     lines = []
-    for split in SPLITS:
+    splits = [s for s in SPLITS if (root / s).is_dir()]  # a test-only dataset has test/ alone
+    if "test" not in splits:
+        raise AigiError("the dataset has no test split (only train/); check the source's layout")
+    for split in splits:
         for label in classes:
             files = sorted((root / split / label).glob("*")) if (root / split / label).is_dir() else []
             counts[f"{split}/{label}"] = len(files)
-            lines += [f"{sha256_file(f)}  {RAW_IMAGES_NAME}/{split}/{label}/{f.name}" for f in files]
+            lines += [f"{sha256_file(f)}  {IMAGES}/{split}/{label}/{f.name}" for f in files]
     empty = [k for k, v in counts.items() if v == 0 and k.startswith("test/")]
     if empty:
         raise AigiError(f"the dataset has no test images for class {', '.join(k[5:] for k in empty)}; "

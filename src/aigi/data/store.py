@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from aigi.errors import AigiError, one_line
+from aigi.paths import MANIFEST
 
 
 @contextlib.contextmanager
@@ -117,11 +120,25 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
         images = np.load(folder / f"{split}.npy", mmap_mode="r")
         table = pd.read_csv(folder / f"{split}.csv")
     except FileNotFoundError as e:
-        raise AigiError(f"{e.filename} is missing; run the preprocess stage (dvc repro preprocess)") from None
-    except (ValueError, OSError) as e:  # a truncated .npy, an unparsable or empty .csv
-        raise AigiError(f"{folder}/{split} is corrupt ({one_line(e)}); re-run preprocess (dvc repro -f preprocess)"
+        raise AigiError(f"{e.filename} is missing; run the preprocess stage (dvc repro preprocess@{folder.name})"
                         ) from None
+    except (ValueError, OSError) as e:  # a truncated .npy, an unparsable or empty .csv
+        raise AigiError(f"{folder}/{split} is corrupt ({one_line(e)}); re-run preprocess (dvc repro -f "
+                        f"preprocess@{folder.name})") from None
     if len(table) != len(images):
         raise AigiError(f"{folder}/{split}: {len(images)} images but {len(table)} rows; re-run preprocess "
-                        f"(dvc repro -f preprocess)")
+                        f"(dvc repro -f preprocess@{folder.name})")
     return images, table
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    """`manifest.json` of a processed dataset folder (data/processed/<name>/): what preprocess made of it."""
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AigiError(f"{path} is missing; run the preprocess stage (dvc repro preprocess@{Path(folder).name})"
+                        ) from None
+    except ValueError as e:
+        raise AigiError(f"{path} is corrupt ({one_line(e)}); re-run preprocess (dvc repro -f "
+                        f"preprocess@{Path(folder).name})") from None

@@ -6,7 +6,7 @@ artefacts of transposed-convolution upsampling) and over-saturated colour. The d
 and learnable, but not visible to a model that has not been trained on it, so fine-tuning must beat
 zero-shot. The artefact alternates along rows only, so it survives the horizontal flips that training
 uses as augmentation (a checkerboard would change phase under a flip of an even-width image).
-More generators (`data.synthetic_generators`) each get their own stripe period, phase, colour
+More generators (`datasets.<name>.synthetic_generators`) each get their own stripe period, phase, colour
 cast and saturation (`generator_fingerprint`), so attribution is learnable too.
 Deterministic by seed; written as PNG files in the CIFAKE layout so every later stage treats it
 exactly like the real data.
@@ -105,6 +105,7 @@ def write_synthetic(
     artifact_region: str = "full",
 ) -> dict[str, int]:
     """Write `dest/{train,test}/{REAL,<generator>...}/*.png`; returns the count per `split/CLASS`.
+    `train_per_class` 0 writes `test/` alone: a test-only dataset.
 
     Each generator (in the given order) gets its own fingerprint; the default one generator, FAKE,
     makes the same images as the 2-class demo always has. `artifact_region` confines every
@@ -114,6 +115,8 @@ def write_synthetic(
     counts: dict[str, int] = {}
     labels = ["REAL", *generators]
     for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        if n == 0:
+            continue
         for label_index, label in enumerate(labels):
             folder = dest / split / label
             folder.mkdir(parents=True, exist_ok=True)
