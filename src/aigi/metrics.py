@@ -127,10 +127,13 @@ def resample_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float, weight
         "accuracy_fake": _ratio(tp, n_fake, np.nan),
     }
     out["balanced_accuracy"] = (out["accuracy_real"] + out["accuracy_fake"]) / 2
+    # ECE: per confidence bin, |weighted correct - weighted confidence|; images grouped by bin, so memory is
+    # the B×N of the resamples, not N×bins.
     which, conf, calib_pred = _confidence_bins(p_fake, ECE_BINS, threshold)
-    onehot = np.eye(ECE_BINS)[which]  # N×bins
-    correct = (calib_pred == y).astype(np.float64)
-    out["ece"] = _ratio(np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])).sum(axis=1), n)
+    by_bin = np.argsort(which, kind="stable")
+    bin_starts = np.flatnonzero(np.r_[True, which[by_bin][1:] != which[by_bin][:-1]])
+    gap = (calib_pred == y).astype(np.float64)[by_bin] - conf[by_bin]
+    out["ece"] = _ratio(np.abs(np.add.reduceat(w[:, by_bin] * gap, bin_starts, axis=1)).sum(axis=1), n)
 
     # Ranking metrics: group images by distinct score (ties count half for AUC, as scikit-learn does).
     order = np.argsort(p_fake, kind="stable")
@@ -341,4 +344,27 @@ def evaluate_classes(
         real = names == REAL
         out["unseen"] = generator_detection(names[real | ~seen], p[real | ~seen], unseen, threshold, bootstrap, seed,
                                             seen=False)
+    return out
+
+
+# ---- the headline ------------------------------------------------------------------------------------------
+
+
+def summary(zeroshot: dict[str, Any], finetuned: dict[str, Any],
+            test_sets: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, float]:
+    """The headline numbers, zero-shot (`_zs`) next to fine-tuned (`_ft`), for metrics/summary.json and the
+    MLflow runs table. Short names keep `dvc exp show` narrow; `acc_`/`auc_` sort first in MLflow's columns.
+    Per set in `test_sets` (name -> metrics/test/<name>.json): `auc_ft_<name>`, `auc_zs_<name>`,
+    `tpr1_ft_<name>`, `tpr1_zs_<name>` (ROC-AUC and TPR at 1% FPR)."""
+    out: dict[str, float] = {}
+    for key, name in (("accuracy", "acc"), ("roc_auc", "auc"), ("f1", "f1"), ("ece", "ece")):
+        for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+            out[f"{name}_{tag}"] = round(float(result[key]), 4)
+    for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+        if "attribution" in result:  # several generators: which one made the image
+            out[f"acc_attr_{tag}"] = round(float(result["attribution"]["accuracy"]), 4)
+    for name, results in (test_sets or {}).items():
+        for key, short in (("roc_auc", "auc"), ("tpr_at_fpr_1", "tpr1")):
+            for tag, model in (("ft", "finetuned"), ("zs", "zeroshot")):
+                out[f"{short}_{tag}_{name}"] = round(float(results[model][key]), 4)
     return out

@@ -22,6 +22,7 @@ MAX_IMAGE_PIXELS = 50_000_000  # default decompression-bomb guard, for preproces
 PerClass = Annotated[int, Field(gt=0)] | Literal["all"]
 # A generator's class name: a safe folder name (data/raw/images/<split>/<CLASS>/), as class_name() makes them.
 ClassName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")]
+DatasetName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]  # a folder name and a DVC foreach key
 
 
 def _generators(names: list[str], key: str) -> list[str]:
@@ -179,6 +180,15 @@ class EvaluateParams(Section):
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
     batch_size: Annotated[int, Field(gt=0)] = 256
     robustness: RobustnessParams = RobustnessParams()
+    test_on: list[DatasetName] = Field(default_factory=list)  # more test sets (dataset names); train_on's is always
+
+    @field_validator("test_on")
+    @classmethod
+    def _test_sets(cls, v: list[str]) -> list[str]:
+        repeated = sorted({n for n in v if v.count(n) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return v
 
     @field_validator("unseen_generators")
     @classmethod
@@ -215,6 +225,7 @@ class MlflowParams(Section):
 
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
+    train_on: DatasetName = "cifake"  # the dataset whose train split trains; its test split is the main test
     data: DataParams = DataParams()
     preprocess: PreprocessParams = PreprocessParams()
     model: ModelParams = ModelParams()
@@ -224,6 +235,13 @@ class Params(Section):
     explain: ExplainParams = ExplainParams()
     report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _train_set_is_not_a_test_set(self) -> Params:
+        if self.train_on in self.evaluate.test_on:
+            raise ValueError(f"evaluate.test_on lists {self.train_on}, the train_on dataset, whose test split the "
+                             f"evaluate stage always scores; remove it from evaluate.test_on")
+        return self
 
     def flat(self) -> dict[str, Any]:
         """Every param as `section.key` -> value (lists and dicts as their YAML text)."""

@@ -15,6 +15,14 @@ CHECKPOINT_DIR = Path("models/checkpoints")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+TEST_METRICS = METRICS / "test"  # <name>.json per set in evaluate.test_on: {"finetuned": ..., "zeroshot": ...}
+TEST_PLOTS = PLOTS / "test"  # <name>/{finetuned,zeroshot}/: ROC, PR, confusion, predictions.csv
+SUMMARY = METRICS / "summary.json"  # the headline numbers (`dvc exp show`), written by the summary stage
+
+
+def processed_dir(name: str) -> Path:
+    """`data/processed/<name>/`: a dataset's CLIP-ready arrays and manifest."""
+    return PROCESSED / name
 
 
 def project_root() -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,3 +127,14 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
         raise AigiError(f"{folder}/{split}: {len(images)} images but {len(table)} rows; re-run preprocess "
                         f"(dvc repro -f preprocess)")
     return images, table
+
+
+def load_manifest(folder: Path) -> dict[str, Any]:
+    """`manifest.json` of a processed dataset folder, as preprocess wrote it (classes, splits, counts, ...)."""
+    path = folder / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AigiError(f"{path} is missing; run the preprocess stage (dvc repro preprocess)") from None
+    except ValueError as e:
+        raise AigiError(f"{path} is corrupt ({one_line(e)}); re-run preprocess (dvc repro -f preprocess)") from None
