@@ -1,0 +1,91 @@
+"""Train on one dataset, test on many: the test@<name> and summary stages as processes (tiny CLIP, CPU),
+the report's Generalisation section and the train x test matrix of `aigi compare --train-on`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from conftest import ROOT
+
+from aigi.data import preprocess
+from aigi.data.synthetic import write_synthetic
+from aigi.params import PreprocessParams
+
+
+def _stage(root: Path, tracking: str, script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MLFLOW_TRACKING_URI": tracking,
+           "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, str, str]:
+    """A project trained on CIFAKE-like data (the tiny REAL/FAKE detector) with a second dataset, `other`
+    (REAL, FAKE and a GAN the detector never saw), preprocessed test-only; and the model's MLflow run."""
+    root = tmp_path_factory.mktemp("project")
+    raw = root / "raw-other"
+    write_synthetic(raw, 2, 6, seed=1, generators=["FAKE", "GAN"])
+    preprocess.run(raw, root / "data" / "processed" / "other", PreprocessParams(
+        train_per_class="all", test_per_class="all", val_fraction=0.5, workers=1), 0, 64)
+    shutil.copytree(tiny_model_dir, root / "models" / "finetuned")
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    experiment = mlflow.create_experiment("generalisation-test")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        run_id = run.info.run_id
+    (root / "models" / "run.json").write_text(json.dumps({"run_id": run_id}))
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "model": {"arch": "aigi-tiny", "pretrained": "none", "device": "cpu"},
+        "evaluate": {"bootstrap_samples": 20, "test_on": ["other"]},
+        "mlflow": {"experiment": "generalisation-test"},
+    }))
+    return root, tracking, run_id
+
+
+def test_test_stage_scores_both_detectors_and_logs_per_set_keys(project):
+    root, tracking, run_id = project
+    res = _stage(root, tracking, "test.py", "other")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "test@other: roc_auc=" in res.stdout and "unseen generators: GAN" in res.stdout
+    results = json.loads((root / "metrics" / "test" / "other.json").read_text())
+    assert set(results) == {"finetuned", "zeroshot"}
+    for model in ("finetuned", "zeroshot"):
+        r = results[model]
+        assert r["n"] == 18 and "tpr_at_fpr_1" in r["ci95"] and "balanced_accuracy" in r
+        assert r["per_generator"]["FAKE"]["seen"] is True and r["unseen"]["GAN"]["seen"] is False
+        for name in ("roc.csv", "pr.csv", "confusion.csv", "predictions.csv", "curves.png"):
+            assert (root / "plots" / "test" / "other" / model / name).is_file(), (model, name)
+    logged = mlflow.MlflowClient(tracking).get_run(run_id).data.metrics
+    keys = {k for k in logged if k.startswith(("test_other_", "zeroshot_other_"))}
+    assert len(keys) == 16 + 4 * 2  # as the README says: 16 + 4 per generator
+    assert logged["test_other_roc_auc"] == pytest.approx(results["finetuned"]["roc_auc"])
+
+    res = _stage(root, tracking, "test.py", "elsewhere")
+    assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: elsewhere is not in "
+                                                                                  "evaluate.test_on")
+
+
+def test_summary_adds_auc_and_tpr_columns_per_test_set(project):
+    root, tracking, run_id = project
+    if not (root / "metrics" / "test" / "other.json").is_file():
+        assert _stage(root, tracking, "test.py", "other").returncode == 0
+    own = {"accuracy": 0.9, "roc_auc": 0.95, "f1": 0.9, "ece": 0.05}
+    for name in ("zeroshot", "eval"):
+        (root / "metrics" / f"{name}.json").write_text(json.dumps(own))
+    res = _stage(root, tracking, "summary.py")
+    assert res.returncode == 0, res.stderr[-2000:]
+    headline = json.loads((root / "metrics" / "summary.json").read_text())
+    other = json.loads((root / "metrics" / "test" / "other.json").read_text())
+    assert {"acc_zs", "acc_ft", "auc_zs", "auc_ft", "f1_zs", "f1_ft", "ece_zs", "ece_ft"} < set(headline)
+    assert headline["auc_ft_other"] == round(other["finetuned"]["roc_auc"], 4)
+    assert headline["tpr1_zs_other"] == round(other["zeroshot"]["tpr_at_fpr_1"], 4)
+    logged = mlflow.MlflowClient(tracking).get_run(run_id).data.metrics
+    assert {"auc_ft_other", "auc_zs_other", "tpr1_ft_other", "tpr1_zs_other", "acc_ft"} <= set(logged)
