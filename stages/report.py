@@ -8,7 +8,7 @@ import pandas as pd
 from aigi import params, report, tracking
 from aigi.data.store import atomic_dir, load_split
 from aigi.errors import exits_cleanly
-from aigi.paths import METRICS, PLOTS, PROCESSED, REPORTS, RUN_JSON, SOURCE_JSON
+from aigi.paths import METRICS, PLOTS, PROCESSED, REPORTS, RUN_JSON, SOURCE_JSON, TEST_METRICS
 
 
 def _json(path):
@@ -38,6 +38,8 @@ def main() -> None:
             mistakes=(pd.read_csv(PLOTS / "eval" / "predictions.csv"), test_images),
             saliency=(_json(METRICS / "saliency.json"), PLOTS / "explain" / "grid.png"),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
+            # only the sets asked for: metrics/test/ may still hold a set since removed from evaluate.test_on
+            test_sets={name: _json(TEST_METRICS / f"{name}.json") for name in [p.train_on, *p.evaluate.test_on]},
         )
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_artifacts(str(REPORTS), "report")
