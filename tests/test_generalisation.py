@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from aigi import compare, demo
 from aigi.data import preprocess
 from aigi.data.synthetic import write_synthetic
 from aigi.params import PreprocessParams
@@ -89,3 +90,71 @@ def test_summary_adds_auc_and_tpr_columns_per_test_set(project):
     assert headline["tpr1_zs_other"] == round(other["zeroshot"]["tpr_at_fpr_1"], 4)
     logged = mlflow.MlflowClient(tracking).get_run(run_id).data.metrics
     assert {"auc_ft_other", "auc_zs_other", "tpr1_ft_other", "tpr1_zs_other", "acc_ft"} <= set(logged)
+
+
+# ---- the train x test matrix ---------------------------------------------------------------------------------
+
+def test_matrix_queues_one_experiment_per_training_set_tested_on_the_others():
+    sets = compare.matrix_sets(["cifake", "multigen"], ["multigen", "genimage"])
+    assert sets == ["cifake", "multigen", "genimage"]
+    assert compare.matrix_commands(["cifake", "multigen"], sets, ["finetune.epochs=2"]) == [
+        ["exp", "run", "--queue", "-n", "train-cifake", "-S", "train_on=cifake",
+         "-S", "evaluate.test_on=[multigen,genimage]", "-S", "finetune.epochs=2"],
+        ["exp", "run", "--queue", "-n", "train-multigen", "-S", "train_on=multigen",
+         "-S", "evaluate.test_on=[cifake,genimage]", "-S", "finetune.epochs=2"],
+    ]
+
+
+# ROC-AUC of a detector trained on the row's set, tested on the column's; TPR@1%FPR is AUC - 0.5.
+FAKE_AUC = {("x", "x"): 0.95, ("x", "y"): 0.7, ("x", "z"): 0.65, ("y", "y"): 0.9, ("y", "x"): 0.8, ("y", "z"): 0.6}
+FAKE_STAGE = """import json, pathlib, sys
+auc = {auc!r}
+train, tested = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else sys.argv[1]
+result = lambda a: {{"roc_auc": a, "tpr_at_fpr_1": round(a - 0.5, 4)}}
+out = {{"finetuned": result(auc[(train, tested)]), "zeroshot": result(0.55)}}
+pathlib.Path("metrics/test").mkdir(parents=True, exist_ok=True)
+if len(sys.argv) > 2:
+    pathlib.Path(f"metrics/test/{{tested}}.json").write_text(json.dumps(out))
+else:
+    pathlib.Path("metrics/eval.json").write_text(json.dumps(out["finetuned"]))
+    pathlib.Path("metrics/zeroshot.json").write_text(json.dumps(out["zeroshot"]))
+"""
+FAKE_PIPELINE = {"stages": {
+    "evaluate": {"cmd": "python stage.py ${train_on}", "deps": ["stage.py"], "params": ["train_on"],
+                 "metrics": ["metrics/eval.json", "metrics/zeroshot.json"]},
+    "test": {"foreach": "${evaluate.test_on}", "do": {"cmd": "python stage.py ${train_on} ${item}",
+                                                      "deps": ["stage.py"], "params": ["train_on"],
+                                                      "metrics": ["metrics/test/${item}.json"]}},
+}}
+
+
+def test_matrix_runs_as_dvc_experiments_and_reads_them_back(tmp_path):
+    """The real `dvc exp run --queue` / `--run-all` / `exp show --json` round trip, on a pipeline that only writes
+    the metrics files the matrix reads (the models are the e2e test's business)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "stage.py").write_text(FAKE_STAGE.format(auc=FAKE_AUC))
+    (project / "dvc.yaml").write_text(yaml.safe_dump(FAKE_PIPELINE, sort_keys=False))
+    (project / "params.yaml").write_text(yaml.safe_dump({"train_on": "x", "evaluate": {"test_on": ["z"]}}))
+    subprocess.run([*demo.GIT, "init", "-q"], cwd=project, check=True)
+    assert compare.dvc(project, "init", "-q", capture=True).returncode == 0
+    text = compare.run_matrix(project, ["x", "y"])
+    finetuned, zeroshot = text.split("\n\n")
+    lines = finetuned.splitlines()
+    assert lines[0].split()[-3:] == ["x", "y", "z"]
+    assert lines[1].split() == ["x", "0.950", "/", "0.450", "0.700", "/", "0.200", "0.650", "/", "0.150"]
+    assert lines[2].split() == ["y", "0.800", "/", "0.300", "0.900", "/", "0.400", "0.600", "/", "0.100"]
+    assert zeroshot.splitlines()[1].split()[1:4] == ["0.550", "/", "0.050"]
+    assert "zero-shot" in zeroshot.splitlines()[0]
+    # The experiments stay: the matrix can be printed again without running anything.
+    assert compare.show_matrix(project, ["x", "y"], ["x", "y", "z"]) == text
+
+
+def test_matrix_of_missing_experiments_says_how_to_run_them():
+    show = [{"rev": "workspace", "experiments": None},
+            {"rev": "abc", "experiments": [{"name": "train-x", "revs": [{"data": {"metrics": {
+                "metrics/eval.json": {"data": {"roc_auc": 0.9, "tpr_at_fpr_1": float("nan")}},
+                "metrics/test/y.json": {"error": {"type": "FileNotFoundError"}}}}}]}]}]
+    matrix = compare.matrix_from_show(show, ["x", "y"])
+    assert set(matrix) == {"x"} and set(matrix["x"]) == {"x"}  # an unreadable file is no cell
+    assert compare.format_matrix(matrix, ["x", "y"]).splitlines()[1].split() == ["x", "0.900", "/", "–", "–"]
