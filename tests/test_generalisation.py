@@ -158,3 +158,17 @@ def test_matrix_of_missing_experiments_says_how_to_run_them():
     matrix = compare.matrix_from_show(show, ["x", "y"])
     assert set(matrix) == {"x"} and set(matrix["x"]) == {"x"}  # an unreadable file is no cell
     assert compare.format_matrix(matrix, ["x", "y"]).splitlines()[1].split() == ["x", "0.900", "/", "–", "–"]
+
+
+def test_adding_a_test_set_touches_only_its_own_stage_summary_and_report():
+    """Static wiring of dvc.yaml: which stages see `evaluate.test_on`, and who reads the folder metrics/test."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    test = stages["test"]
+    assert test["foreach"] == "${evaluate.test_on}" and test["do"]["cmd"] == "python stages/test.py ${item}"
+    assert "data/processed/${item}" in test["do"]["deps"] and test["do"]["metrics"] == ["metrics/test/${item}.json"]
+    readers = {name for name, s in stages.items()
+               if {"evaluate", "evaluate.test_on"} & {str(p) for p in s.get("do", s).get("params", [])}}
+    assert readers == {"summary", "report"}  # not evaluate, not the other test@ stages: nothing re-trains or re-scores
+    for name in ("summary", "report"):
+        assert "metrics/test" in stages[name]["deps"]
+    assert "metrics/test/${train_on}.json" in stages["evaluate"]["outs"]  # the folder is never empty
