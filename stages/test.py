@@ -41,7 +41,10 @@ def main() -> None:
     write_json(TEST_METRICS / f"{name}.json", results)
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics(mlflow_test_set_metrics(name, results))
-        mlflow.log_artifacts(str(TEST_PLOTS / name), f"plots/test/{name}")
+        for model in results:  # the curves, not predictions.csv (a row per image: DVC keeps it)
+            for f in sorted((TEST_PLOTS / name / model).glob("*")):
+                if f.is_file() and f.name != "predictions.csv":
+                    mlflow.log_artifact(str(f), f"plots/test/{name}/{model}")
         mlflow.log_artifact(str(TEST_METRICS / f"{name}.json"), "metrics/test")
     ft, zs = results["finetuned"], results["zeroshot"]
     unseen = ", ".join(ft.get("unseen", {})) or "none"

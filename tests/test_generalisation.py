@@ -68,6 +68,9 @@ def test_test_stage_scores_both_detectors_and_logs_per_set_keys(project):
     keys = {k for k in logged if k.startswith(("test_other_", "zeroshot_other_"))}
     assert len(keys) == 16 + 4 * 2  # as the README says: 16 + 4 per generator
     assert logged["test_other_roc_auc"] == pytest.approx(results["finetuned"]["roc_auc"])
+    artifacts = {a.path for a in mlflow.MlflowClient(tracking).list_artifacts(run_id, "plots/test/other/finetuned")}
+    assert "plots/test/other/finetuned/roc.csv" in artifacts
+    assert "plots/test/other/finetuned/predictions.csv" not in artifacts  # a row per image stays in DVC
 
     res = _stage(root, tracking, "test.py", "elsewhere")
     assert res.returncode != 0 and res.stderr.strip().splitlines()[-1].startswith("error: elsewhere is not in "
