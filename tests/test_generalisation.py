@@ -38,7 +38,7 @@ def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, str, str]:
     shutil.copytree(tiny_model_dir, root / "models" / "finetuned")
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)
-    experiment = mlflow.create_experiment("generalisation-test")
+    experiment = mlflow.create_experiment("generalisation-test", artifact_location=(root / "mlartifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         run_id = run.info.run_id
     (root / "models" / "run.json").write_text(json.dumps({"run_id": run_id}))
