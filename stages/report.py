@@ -20,6 +20,7 @@ from aigi.paths import (
     RUN_JSON,
     SALIENCY_GRID,
     SALIENCY_METRICS,
+    TEST_METRICS,
     TRAIN_CURVES,
     ZEROSHOT_CURVES,
     ZEROSHOT_METRICS,
@@ -56,6 +57,8 @@ def main() -> None:
             mistakes=(pd.read_csv(EVAL_PREDICTIONS), test_images),
             saliency=(_json(SALIENCY_METRICS), SALIENCY_GRID),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
+            # only the sets asked for: metrics/test/ may still hold a set since removed from evaluate.test_on
+            test_sets={name: _json(TEST_METRICS / f"{name}.json") for name in [p.train_on, *p.evaluate.test_on]},
         )
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_artifacts(str(REPORTS), "report")

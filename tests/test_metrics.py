@@ -25,11 +25,59 @@ def test_vectorised_resamples_match_scikit_learn(ties):
             assert fast[k][b] == pytest.approx(slow[k], abs=1e-12), k
 
 
+def _tpr_at_fpr_brute_force(y, p, budget):
+    """Every threshold tried: the largest TPR among those calling at most budget x n_real REAL images fake."""
+    real, fake = p[y == 0], p[y == 1]
+    best = 0.0
+    for t in [*np.unique(p), np.inf]:
+        if (real >= t).sum() <= budget * len(real) + 1e-9:
+            best = max(best, float((fake >= t).mean()))
+    return best
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n", [37, 200, 1000])
+def test_tpr_at_fpr_is_the_best_tpr_within_the_budget(n, ties):
+    y, p = _scores(n, seed=n, ties=ties)
+    for budget in (0.01, 0.05, 0.2):
+        direct = metrics.tpr_at_fpr(y, p, budget)
+        assert direct == pytest.approx(_tpr_at_fpr_brute_force(y, p, budget), abs=1e-12), budget
+        fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)  # the same point read off scikit-learn's ROC
+        assert direct == pytest.approx(tpr[np.round(fpr * (y == 0).sum()) <= np.floor(budget * (y == 0).sum() + 1e-9)]
+                                       .max(), abs=1e-12)
+    point = metrics.scalar_metrics(y, p, 0.5)
+    assert point["tpr_at_fpr_1"] <= point["tpr_at_fpr_5"]
+
+
+def test_tpr_at_fpr_by_hand():
+    y = np.array([0] * 10 + [1] * 4)
+    p = np.r_[np.linspace(0.0, 0.9, 10), [0.95, 0.85, 0.5, 0.1]]  # REAL scores 0, 0.1, ..., 0.9
+    # 5% of 10 REAL: none may be flagged, so the threshold lies above 0.9: one fake (0.95) of four
+    assert metrics.tpr_at_fpr(y, p, 0.05) == 0.25
+    # 10%: one REAL (0.9) may be flagged, the threshold lies above 0.8: 0.95 and 0.85
+    assert metrics.tpr_at_fpr(y, p, 0.1) == 0.5
+    assert metrics.tpr_at_fpr(y, p, 1.0) == 1.0
+    assert np.isnan(metrics.tpr_at_fpr(y[y == 1], p[y == 1], 0.05))
+
+
+def test_balanced_and_per_class_accuracy_match_scikit_learn():
+    y, p = _scores(300)
+    out = metrics.scalar_metrics(y, p, 0.4)
+    pred = (p >= 0.4).astype(int)
+    assert out["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert out["accuracy_real"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert out["accuracy_fake"] == pytest.approx(out["recall"])
+    only_fake = metrics.scalar_metrics(y[y == 1], p[y == 1], 0.4)
+    assert np.isnan(only_fake["accuracy_real"]) and np.isnan(only_fake["balanced_accuracy"])
+    assert only_fake["accuracy_fake"] == pytest.approx(out["accuracy_fake"])
+
+
 def test_resample_with_one_class_has_no_ranking_metrics():
     y, p = _scores(50)
     weights = (y == 1).astype(int)[None, :]  # only FAKE images drawn
     out = metrics.resample_metrics(y, p, 0.5, weights)
     assert np.isnan(out["roc_auc"][0]) and np.isnan(out["average_precision"][0])
+    assert np.isnan(out["tpr_at_fpr_1"][0]) and np.isnan(out["accuracy_real"][0])
     assert out["accuracy"][0] == pytest.approx(metrics.scalar_metrics(y[y == 1], p[y == 1], 0.5)["accuracy"])
 
 
@@ -42,7 +90,8 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate():
     point = metrics.scalar_metrics(y, p, 0.5)
     for k in metrics.SCALARS:
         lo, hi = a[k]
-        assert lo <= point[k] <= hi and hi - lo < 0.25, k
+        # TPR at 1% FPR of ~150 REAL images hangs on their one or two highest scores: a wide interval
+        assert lo <= point[k] <= hi and hi - lo < (0.6 if k in metrics.FPR_BUDGETS else 0.25), k
 
 
 def test_threshold_changes_the_decision_metrics_only():
@@ -66,9 +115,11 @@ def test_per_content_class_accuracy():
 
 # ---- several generators ------------------------------------------------------------------------------------
 
-# metrics/eval.json and zeroshot.json of a CIFAKE (2-class) run, exactly as before several generators existed.
+# metrics/eval.json and zeroshot.json of a CIFAKE (2-class) run: the keys from before several generators
+# existed, plus the detection metrics of the generalisation issue (14); no per-generator sections.
 TWO_CLASS_KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier", "n",
-                  "threshold", "confusion", "ci95", "per_content_class"}
+                  "threshold", "confusion", "ci95", "per_content_class",
+                  "balanced_accuracy", "accuracy_real", "accuracy_fake", "tpr_at_fpr_1", "tpr_at_fpr_5"}
 
 
 def _n_way(n_per_class: int = 60, seed: int = 0):
@@ -115,13 +166,17 @@ def test_n_way_metrics_follow_the_contract_and_match_scikit_learn():
     assert out["n"] == seen.sum()
     assert set(out["per_generator"]) == {"A", "B", "C"} and set(out["unseen"]) == {"D"}
     row = out["per_generator"]["A"]
-    assert set(row) == {"n", "flagged_fake", "flagged_fake_ci95", "roc_auc", "roc_auc_ci95", "attribution_recall"}
+    assert set(row) == {"n", "seen", "flagged_fake", "flagged_fake_ci95", "roc_auc", "roc_auc_ci95",
+                        "average_precision", "average_precision_ci95", "tpr_at_fpr_1", "tpr_at_fpr_1_ci95",
+                        "attribution_recall"}
+    assert row["seen"] is True and out["unseen"]["D"]["seen"] is False
     p_fake = 1 - probs[:, 0]
     mask = (names == "REAL") | (names == "A")
     assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(names[mask] == "A", p_fake[mask]))
     assert row["flagged_fake"] == pytest.approx((p_fake[names == "A"] >= 0.5).mean())
+    assert row["tpr_at_fpr_1"] == metrics.tpr_at_fpr((names[mask] == "A").astype(int), p_fake[mask], 0.01)
     assert row["attribution_recall"] == att["per_class"]["A"]["recall"]
-    assert set(out["unseen"]["D"]) == {"n", "flagged_fake", "flagged_fake_ci95", "roc_auc", "roc_auc_ci95"}
+    assert set(out["unseen"]["D"]) == set(row) - {"attribution_recall"}
     assert out["unseen"]["D"]["n"] == 30
 
 

@@ -57,7 +57,8 @@ def project(tmp_path_factory):
 
 def test_first_repro_runs_every_stage(project):
     _, _, ran = project
-    assert ran == ["download@cifake", "preprocess@cifake", "zeroshot", "finetune", "evaluate", "explain", "report"]
+    assert ran == ["download@cifake", "preprocess@cifake", "zeroshot", "finetune", "evaluate", "summary", "explain",
+                   "report"]
 
 
 def test_metrics_and_fine_tuning_beats_zero_shot(project):
@@ -209,7 +210,7 @@ def test_changing_a_finetune_param_reruns_only_its_descendants(project):
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     ran = re.findall(r"Running stage '([\w@-]+)'", res.stdout)
-    assert ran == ["finetune", "evaluate", "explain", "report"]
+    assert ran == ["finetune", "evaluate", "summary", "explain", "report"]
     runs = _runs(root)
     assert len(runs) == 2
     names = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=root, env=env,

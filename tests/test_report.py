@@ -125,3 +125,38 @@ def test_report_embeds_the_saliency_grid_and_border_share(tmp_path):
     assert "outer 12.5% of each side" in md and "400 test images" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == md.count("![")
+
+
+def test_generalisation_section_shows_each_test_set_and_generator(tmp_path):
+    """Rows: test set x class (REAL, all fakes, seen, unseen); zero-shot vs fine-tuned; a heat map, inlined."""
+    rng = np.random.default_rng(1)
+    inputs = _inputs(tmp_path)
+    names = np.array(["REAL"] * 30 + ["FAKE"] * 20 + ["DCGAN"] * 20, dtype=object)
+    labels = np.array([0] * 30 + [1] * 20 + [-1] * 20)  # the detector knows FAKE; DCGAN is unseen
+    def scored(shift):
+        p = np.clip(0.3 + shift * (names != "REAL") + rng.normal(0, 0.2, len(names)), 0, 1)
+        return metrics.evaluate_classes(["REAL", "FAKE"], labels, names, np.stack([1 - p, p], axis=1), 0.5, 20, 0,
+                                        include_unseen=True)
+    test_sets = {"cifake": {"finetuned": inputs["finetuned"], "zeroshot": inputs["zeroshot"]},
+                 "multigen": {"finetuned": scored(0.5), "zeroshot": scored(0.0)}}
+    out = tmp_path / "reports"
+    report.build(out, Params(evaluate={"test_on": ["multigen"]}), **inputs, test_sets=test_sets)
+    md = (out / "report.md").read_text()
+    headings = re.findall(r"^## (.*)$", md, flags=re.M)
+    assert headings[1] == "Generalisation: trained on one dataset, tested on others"
+    num = r"(\d\.\d{3}|–)"
+    assert re.search(r"\| cifake \(trained on\) \| REAL \(false positives\) \| 30 \| – \| – \| – \| – \| – \| – "
+                     rf"\| {num} \| {num} \|", md)
+    assert re.search(rf"\| cifake \(trained on\) \| all fakes \| 30 \|( {num} \|){{8}}\n", md)
+    assert re.search(rf"\| multigen \| FAKE \(seen\) \| 20 \|( {num} \|){{8}}\n", md)
+    dcgan = re.search(rf"\| multigen \| DCGAN \(unseen\) \| 20 \|( {num} \|){{8}}\n", md)
+    ft_auc = test_sets["multigen"]["finetuned"]["unseen"]["DCGAN"]["roc_auc"]
+    assert dcgan and f" {ft_auc:.3f} |" in dcgan.group(0)
+    assert "![Generalisation heat map](assets/generalisation.png)" in md
+    assert (out / "assets" / "generalisation.png").is_file()
+    html = (out / "report.html").read_text()
+    assert "<h2>Generalisation: trained on one dataset, tested on others</h2>" in html
+    assert html.count("data:image/png;base64,") == md.count("![")
+    # Without a set besides the training one there is no section (the default run's report is unchanged).
+    report.build(tmp_path / "plain", Params(), **_inputs(tmp_path), test_sets={"cifake": test_sets["cifake"]})
+    assert "Generalisation" not in (tmp_path / "plain" / "report.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 
 from aigi import tracking
 from aigi.errors import AigiError
-from aigi.evaluation import summary
+from aigi.metrics import summary
 from aigi.params import parse
 
 
@@ -100,3 +100,8 @@ def test_summary_has_the_headline_numbers_and_attribution_when_present():
                                "f1_ft": 0.88, "ece_zs": 0.2, "ece_ft": 0.05}
     multi = summary({**zs, "attribution": {"accuracy": 0.4}}, {**ft, "attribution": {"accuracy": 0.8}})
     assert multi["acc_attr_zs"] == 0.4 and multi["acc_attr_ft"] == 0.8
+    sets = {"multigen": {"finetuned": {"roc_auc": 0.81234, "tpr_at_fpr_1": 0.2}, "zeroshot": {"roc_auc": 0.6,
+                                                                                             "tpr_at_fpr_1": 0.01}}}
+    with_sets = summary(zs, ft, sets)
+    assert with_sets == {**summary(zs, ft), "auc_ft_multigen": 0.8123, "auc_zs_multigen": 0.6,
+                         "tpr1_ft_multigen": 0.2, "tpr1_zs_multigen": 0.01}  # today's keys, then 4 per test set

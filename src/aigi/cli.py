@@ -29,6 +29,9 @@ def _compare(args: argparse.Namespace) -> int:
     from aigi import compare
 
     root = project_root()
+    if args.train_on:
+        names = [n.strip() for n in args.train_on.split(",") if n.strip()]
+        return compare.main_matrix(root, None if args.here else (root / args.dir).resolve(), names)
     return compare.main(root, (root / args.dir).resolve())
 
 
@@ -140,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="the demo, then linear_probe, full and contrastive as queued DVC "
                        "experiments, side by side with zero-shot")
     c.add_argument("--dir", default="demo", help="the demo copy to run them in (default: demo/)")
+    c.add_argument("--train-on", metavar="A,B,...", help="instead: one model per training dataset (`dvc exp run "
+                   "--queue -S train_on=A`), each tested on the others and evaluate.test_on; prints the train x "
+                   "test matrix (ROC-AUC / TPR@1%%FPR)")
+    c.add_argument("--here", action="store_true", help="with --train-on: in this project, with its params.yaml "
+                   "(nothing committed), not in the demo copy")
     c.set_defaults(func=_compare)
     u = sub.add_parser("ui", help="the MLflow UI on the project's store; prints each experiment's runs table URL")
     u.add_argument("--port", type=int, default=5000)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from aigi import metrics
 from aigi.classes import from_manifest, is_fake, p_fake
@@ -29,27 +31,70 @@ def test_classes(detector: Detector, manifest: dict[str, Any]) -> tuple[list[str
     return classes, display_names
 
 
+def detector_labels(classes: Sequence[str], label_names: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Each image's class index among the detector's `classes`, matched by name (a test set's class names
+    are after its `class_aliases`, as preprocess wrote them): REAL -> 0, a generator the detector was
+    trained on -> its index (*seen*), any other -> -1 (*unseen*: detection only), the label that
+    `evaluate.unseen_generators` gives a held-out generator."""
+    index = {name: k for k, name in enumerate(classes)}
+    return pd.Series(np.asarray(label_names, dtype=object)).map(index).fillna(-1).to_numpy(dtype=int)
+
+
 def score_test_split(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
                      metrics_file: Path, plots_dir: Path) -> dict[str, Any]:
-    """The test split of `processed`: writes `metrics_file` and `plots_dir` (ROC, PR, confusions,
-    predictions.csv); `name` labels the progress bar and the plots."""
-    images, table = load_split(processed, "test")
-    classes, _ = test_classes(detector, load_manifest(processed))
-    labels = table["label"].to_numpy()
-    probs = class_probs(detector, images, batch_size, desc=f"{name} test")
-    result = metrics.evaluate_classes(classes, labels, table["label_name"].to_numpy(), probs,
-                                      params.evaluate.threshold, params.evaluate.bootstrap_samples, params.seed,
-                                      files=table["file"].tolist())
+    """The test split of `processed` (the dataset the detector trained on): writes `metrics_file` and
+    `plots_dir` (ROC, PR, confusions, predictions.csv); `name` labels the progress bar and the plots."""
+    result = score_test_set(detector, params, name, batch_size, processed, plots_dir, cross=False)
     write_json(metrics_file, result)
-    seen = labels >= 0  # detection and attribution curves: the trained classes; held-out generators apart
-    p = p_fake(probs)
-    write_score_plots(plots_dir, is_fake(table["label_name"])[seen], p[seen], params.evaluate.threshold, name)
-    write_attribution_plots(plots_dir, classes, labels[seen], probs[seen], name)
-    columns = {"p_fake": np.round(p, 6)}
-    if len(classes) > 2:
-        columns |= {f"p_{c}": np.round(probs[:, k], 6) for k, c in enumerate(classes)}
-    table.assign(**columns).to_csv(plots_dir / "predictions.csv", index_label="index")
     return result
+
+
+def score_test_set(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
+                   plots_dir: Path, cross: bool = True) -> dict[str, Any]:
+    """Score the test split of `processed` and write `plots_dir`; returns the metrics (`evaluate_classes`).
+
+    `cross` (a test set from another dataset, `evaluate.test_on`): its classes are matched to the
+    detector's by name (`detector_labels`), detection covers every image and the curves too; unknown
+    generators are reported under `unseen`. Without it the data must have the detector's classes
+    (its own test split), and generators held out of training are reported apart from detection.
+    Images stream from the memory-mapped split one batch at a time; what stays in memory is a few
+    numbers per image (class probabilities, labels, the table), never the pixels."""
+    images, table = load_split(processed, "test")
+    names = table["label_name"].to_numpy()
+    if cross:
+        labels = detector_labels(detector.classes, names)
+    else:
+        test_classes(detector, load_manifest(processed))
+        labels = table["label"].to_numpy()
+    classes = detector.classes
+    probs = class_probs(detector, images, batch_size, desc=f"{name} test")
+    threshold = params.evaluate.threshold
+    result = metrics.evaluate_classes(classes, labels, names, probs, threshold, params.evaluate.bootstrap_samples,
+                                      params.seed, files=table["file"].tolist(), include_unseen=cross)
+    seen = labels >= 0  # attribution: the trained classes; held-out generators apart
+    scored = np.ones_like(seen) if cross else seen
+    p = p_fake(probs)
+    write_score_plots(plots_dir, is_fake(names)[scored], p[scored], threshold, name)
+    if not cross or (len(classes) > 2 and seen.any()):
+        write_attribution_plots(plots_dir, classes, labels[seen], probs[seen], name)
+    write_predictions(plots_dir / "predictions.csv", table.assign(label=labels), probs, classes)
+    return result
+
+
+_CSV_ROWS = 100_000  # predictions.csv is written this many rows at a time
+
+
+def write_predictions(path: Path, table: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]) -> None:
+    """The test table (file, label = the detector's class index or -1, label_name) with `p_fake` and, with
+    several generators, `p_<CLASS>` per class; written in chunks, so a large split needs no copy of it all."""
+    p = p_fake(probs)
+    with open(path, "w", newline="") as f:
+        for start in range(0, max(len(table), 1), _CSV_ROWS):
+            end = start + _CSV_ROWS
+            columns = {"p_fake": np.round(p[start:end], 6)}
+            if len(classes) > 2:
+                columns |= {f"p_{c}": np.round(probs[start:end, k], 6) for k, c in enumerate(classes)}
+            table.iloc[start:end].assign(**columns).to_csv(f, header=start == 0, index_label="index")
 
 
 def score_robustness(detector: Detector, params: Params, clean: dict[str, Any], processed: Path, raw_images: Path,
@@ -72,16 +117,23 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def summary(zeroshot: dict[str, Any], finetuned: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers, zero-shot (`_zs`) next to fine-tuned (`_ft`), for metrics/summary.json and the
-    MLflow runs table. Short names keep `dvc exp show` narrow; `acc_`/`auc_` sort first in MLflow's columns."""
+# What MLflow gets per test set and model (the full results, with intervals, are in metrics/test/<name>.json).
+SET_METRICS = ("accuracy", "balanced_accuracy", "accuracy_real", "accuracy_fake", "roc_auc", "average_precision",
+               "tpr_at_fpr_1", "tpr_at_fpr_5")
+SET_GENERATOR_METRICS = ("roc_auc", "flagged_fake")
+
+
+def mlflow_test_set_metrics(name: str, results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """`test_<name>_<metric>` (fine-tuned) and `zeroshot_<name>_<metric>` for `SET_METRICS`, and per generator
+    `..._generator_<G>_{roc_auc,flagged_fake}` (seen) or `..._unseen_<G>_...`: 16 + 4 x generators keys."""
     out: dict[str, float] = {}
-    for key, name in (("accuracy", "acc"), ("roc_auc", "auc"), ("f1", "f1"), ("ece", "ece")):
-        for tag, result in (("zs", zeroshot), ("ft", finetuned)):
-            out[f"{name}_{tag}"] = round(float(result[key]), 4)
-    for tag, result in (("zs", zeroshot), ("ft", finetuned)):
-        if "attribution" in result:  # several generators: which one made the image
-            out[f"acc_attr_{tag}"] = round(float(result["attribution"]["accuracy"]), 4)
+    for model, prefix in (("finetuned", f"test_{name}_"), ("zeroshot", f"zeroshot_{name}_")):
+        result = results[model]
+        out |= {f"{prefix}{k}": float(result[k]) for k in SET_METRICS}
+        for group, tag in (("per_generator", "generator"), ("unseen", "unseen")):
+            for g, row in result.get(group, {}).items():
+                key = f"{prefix}{tag}_{_metric_name(g)}"
+                out |= {f"{key}_{k}": float(row[k]) for k in SET_GENERATOR_METRICS if k in row}
     return out
 
 

@@ -19,7 +19,10 @@ from sklearn import metrics as skm
 from aigi.cifake import per_content_class
 from aigi.classes import REAL, is_fake, p_fake
 
-SCALARS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier")
+SCALARS = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier",
+           "balanced_accuracy", "accuracy_real", "accuracy_fake", "tpr_at_fpr_1", "tpr_at_fpr_5")
+# TPR at a false-positive budget: key -> the budget (share of the set's REAL images allowed to score as fake).
+FPR_BUDGETS = {"tpr_at_fpr_1": 0.01, "tpr_at_fpr_5": 0.05}
 ECE_BINS = 15
 _BOOTSTRAP_CELLS = 4_000_000  # resamples x images held in memory at once
 
@@ -49,9 +52,36 @@ def expected_calibration_error(y: np.ndarray, p_fake: np.ndarray, threshold: flo
     return float(ece)
 
 
+def allowed_false_positives(n_real: float | np.ndarray, budget: float) -> np.ndarray:
+    """How many REAL images may score as fake within the budget: floor(budget x n_real), guarded against
+    rounding (0.07 x 100 is 7.000000000000001 in floating point)."""
+    return np.floor(np.asarray(n_real, dtype=np.float64) * budget + 1e-9)
+
+
+def tpr_at_fpr(y: np.ndarray, p_fake: np.ndarray, budget: float) -> float:
+    """TPR at a false-positive budget: the share of FAKE images (y = 1) scoring strictly above the
+    (k+1)-th highest REAL score, k = floor(budget x n_real) (`allowed_false_positives`).
+
+    That is the lowest threshold at which at most k REAL images are called fake (P(fake) >= t), so
+    the largest TPR reachable with FPR <= budget on this set's REAL images: the ROC curve read at
+    FPR = budget without interpolation. All REAL may be flagged (k >= n_real): 1.0. No REAL or no
+    FAKE images: NaN."""
+    real, fake = p_fake[y == 0], p_fake[y == 1]
+    if not len(real) or not len(fake):
+        return float("nan")
+    k = int(allowed_false_positives(len(real), budget))
+    if k >= len(real):
+        return 1.0
+    cut = np.sort(real)[::-1][k]  # the (k+1)-th highest REAL score: the threshold must lie above it
+    return float((fake > cut).mean())
+
+
 def scalar_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float) -> dict[str, float]:
     pred = (p_fake >= threshold).astype(int)
     both = len(np.unique(y)) == 2
+    real, fake = y == 0, y == 1
+    accuracy_real = float((pred[real] == 0).mean()) if real.any() else float("nan")  # share of REAL called REAL
+    accuracy_fake = float((pred[fake] == 1).mean()) if fake.any() else float("nan")  # share of fakes caught
     return {
         "accuracy": float(skm.accuracy_score(y, pred)),
         "precision": float(skm.precision_score(y, pred, zero_division=0)),
@@ -61,6 +91,10 @@ def scalar_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float) -> dict[
         "average_precision": float(skm.average_precision_score(y, p_fake)) if both else float("nan"),
         "ece": expected_calibration_error(y, p_fake, threshold),
         "brier": float(skm.brier_score_loss(y, p_fake)),
+        "balanced_accuracy": (accuracy_real + accuracy_fake) / 2,  # NaN unless both kinds are present
+        "accuracy_real": accuracy_real,
+        "accuracy_fake": accuracy_fake,
+        **{key: tpr_at_fpr(y, p_fake, budget) for key, budget in FPR_BUDGETS.items()},
     }
 
 
@@ -76,17 +110,25 @@ def resample_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float, weight
     pred = (p_fake >= threshold).astype(np.float64)
     n = w.sum(axis=1)
     tp, fp, fn = w @ (pred * yf), w @ (pred * (1 - yf)), w @ ((1 - pred) * yf)
+    n_fake = w @ yf
+    n_real = n - n_fake
     out = {
         "accuracy": _ratio(n - fp - fn, n),
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
         "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         "brier": _ratio(w @ (p_fake - yf) ** 2, n),
+        "accuracy_real": _ratio(n_real - fp, n_real, np.nan),
+        "accuracy_fake": _ratio(tp, n_fake, np.nan),
     }
+    out["balanced_accuracy"] = (out["accuracy_real"] + out["accuracy_fake"]) / 2
+    # ECE: per confidence bin, |weighted correct - weighted confidence|; images grouped by bin, so memory is
+    # the B×N of the resamples, not N×bins.
     which, conf, calib_pred = _confidence_bins(p_fake, ECE_BINS, threshold)
-    onehot = np.eye(ECE_BINS)[which]  # N×bins
-    correct = (calib_pred == y).astype(np.float64)
-    out["ece"] = _ratio(np.abs(w @ (onehot * correct[:, None]) - w @ (onehot * conf[:, None])).sum(axis=1), n)
+    by_bin = np.argsort(which, kind="stable")
+    bin_starts = np.flatnonzero(np.r_[True, which[by_bin][1:] != which[by_bin][:-1]])
+    gap = (calib_pred == y).astype(np.float64)[by_bin] - conf[by_bin]
+    out["ece"] = _ratio(np.abs(np.add.reduceat(w[:, by_bin] * gap, bin_starts, axis=1)).sum(axis=1), n)
 
     # Ranking metrics: group images by distinct score (ties count half for AUC, as scikit-learn does).
     order = np.argsort(p_fake, kind="stable")
@@ -105,6 +147,12 @@ def resample_metrics(y: np.ndarray, p_fake: np.ndarray, threshold: float, weight
     out["average_precision"] = _ratio((pos[:, ::-1] * precision_at).sum(axis=1), total_pos, np.nan)
     out["roc_auc"] = np.where(both, out["roc_auc"], np.nan)
     out["average_precision"] = np.where(both, out["average_precision"], np.nan)
+    # TPR at a false-positive budget: thresholds descend through the distinct scores; the feasible ones
+    # call at most k REAL images fake (`tpr_at_fpr`), and TP only grows as the threshold falls.
+    for key, budget in FPR_BUDGETS.items():
+        k = allowed_false_positives(total_neg, budget)[:, None]
+        tp_feasible = np.where(fp_at <= k, tp_at, 0.0).max(axis=1)
+        out[key] = np.where(both, _ratio(tp_feasible, total_pos, np.nan), np.nan)
     return out
 
 
@@ -200,51 +248,88 @@ def attribution(
     return out
 
 
+GENERATOR_METRICS = ("roc_auc", "average_precision", "tpr_at_fpr_1")  # per generator, against the set's REAL
+
+
 def generator_detection(
     label_names: np.ndarray, p_fake: np.ndarray, generators: Sequence[str], threshold: float, bootstrap: int,
-    seed: int,
+    seed: int, seen: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Per generator: its images' share flagged as fake, and the ROC-AUC of its images against the REAL ones
-    (P(fake) as the score), each with a bootstrap interval over the REAL + generator images."""
+    """Per generator: n, `seen` (a class the detector was trained on), its images' share flagged as fake,
+    and the ROC-AUC, AP and TPR at 1% FPR of its images against the REAL ones (P(fake) as the score), each
+    with a bootstrap interval over the REAL + generator images."""
     label_names = np.asarray(label_names, dtype=object)
     real = label_names == REAL
     out = {}
     for g in generators:
         mask = real | (label_names == g)
         y, p = (label_names[mask] == g).astype(int), p_fake[mask]
-        row: dict[str, Any] = {"n": int(y.sum()), "flagged_fake": float((p[y == 1] >= threshold).mean())}
+        row: dict[str, Any] = {"n": int(y.sum()), "seen": seen,
+                               "flagged_fake": float((p[y == 1] >= threshold).mean()) if y.any() else float("nan")}
         if row["n"] and len(np.unique(y)) == 2:
-            row["roc_auc"] = float(skm.roc_auc_score(y, p))
+            point = scalar_metrics(y, p, threshold)
+            row |= {k: point[k] for k in GENERATOR_METRICS}
         if bootstrap and row["n"]:
             ci = bootstrap_intervals(y, p, threshold, bootstrap, seed)
             row["flagged_fake_ci95"] = ci["recall"]  # recall of this generator's images = share flagged
-            if "roc_auc" in ci:
-                row["roc_auc_ci95"] = ci["roc_auc"]
+            row |= {f"{k}_ci95": ci[k] for k in GENERATOR_METRICS if k in ci}
         out[g] = row
     return out
 
 
 def evaluate_classes(
     classes: Sequence[str], labels: np.ndarray, label_names: Sequence[str], probs: np.ndarray, threshold: float,
-    bootstrap: int, seed: int, files: Sequence[str] | None = None,
+    bootstrap: int, seed: int, files: Sequence[str] | None = None, include_unseen: bool = False,
 ) -> dict[str, Any]:
     """`metrics/*.json` for a detector over `classes`: detection (as `evaluate`) on the images of the
     trained classes; with more than two classes, `attribution` and `per_generator`; and `unseen`
-    (detection only) for test images of generators held out of training (label -1)."""
+    (detection only) for test images of generators the detector was not trained on (label -1).
+
+    `include_unseen` (a test set from another dataset): detection covers every image, seen and unseen
+    generators alike ("does it catch those?"), and `per_generator` lists the set's seen generators even
+    for a two-class detector. Attribution always covers the seen classes only."""
     labels = np.asarray(labels, dtype=int)
     names = np.asarray(label_names, dtype=object)
     p = p_fake(probs)
     seen = labels >= 0
-    out = evaluate(is_fake(names[seen]), p[seen], threshold, bootstrap, seed,
-                   files=None if files is None else [f for f, s in zip(files, seen, strict=True) if s])
+    scored = np.ones_like(seen) if include_unseen else seen
+    out = evaluate(is_fake(names[scored]), p[scored], threshold, bootstrap, seed,
+                   files=None if files is None else [f for f, s in zip(files, scored, strict=True) if s])
+    present = [g for g in classes[1:] if (names[seen] == g).any()]
     if len(classes) > 2:
         att = attribution(labels[seen], probs[seen], classes, bootstrap, seed)
         out["attribution"] = att
-        out["per_generator"] = generator_detection(names[seen], p[seen], classes[1:], threshold, bootstrap, seed)
-        for g, row in out["per_generator"].items():
-            row["attribution_recall"] = att["per_class"][g]["recall"]
+    if len(classes) > 2 or include_unseen:
+        out["per_generator"] = generator_detection(names[seen], p[seen], present, threshold, bootstrap, seed)
+        if len(classes) > 2:
+            for g, row in out["per_generator"].items():
+                row["attribution_recall"] = att["per_class"][g]["recall"]
     if (~seen).any():
         unseen = sorted(set(names[~seen]), key=str.lower)
         real = names == REAL
-        out["unseen"] = generator_detection(names[real | ~seen], p[real | ~seen], unseen, threshold, bootstrap, seed)
+        out["unseen"] = generator_detection(names[real | ~seen], p[real | ~seen], unseen, threshold, bootstrap, seed,
+                                            seen=False)
+    return out
+
+
+# ---- the headline ------------------------------------------------------------------------------------------
+
+
+def summary(zeroshot: dict[str, Any], finetuned: dict[str, Any],
+            test_sets: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, float]:
+    """The headline numbers, zero-shot (`_zs`) next to fine-tuned (`_ft`), for metrics/summary.json and the
+    MLflow runs table. Short names keep `dvc exp show` narrow; `acc_`/`auc_` sort first in MLflow's columns.
+    Per set in `test_sets` (name -> metrics/test/<name>.json): `auc_ft_<name>`, `auc_zs_<name>`,
+    `tpr1_ft_<name>`, `tpr1_zs_<name>` (ROC-AUC and TPR at 1% FPR)."""
+    out: dict[str, float] = {}
+    for key, name in (("accuracy", "acc"), ("roc_auc", "auc"), ("f1", "f1"), ("ece", "ece")):
+        for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+            out[f"{name}_{tag}"] = round(float(result[key]), 4)
+    for tag, result in (("zs", zeroshot), ("ft", finetuned)):
+        if "attribution" in result:  # several generators: which one made the image
+            out[f"acc_attr_{tag}"] = round(float(result["attribution"]["accuracy"]), 4)
+    for name, results in (test_sets or {}).items():
+        for key, short in (("roc_auc", "auc"), ("tpr_at_fpr_1", "tpr1")):
+            for tag, model in (("ft", "finetuned"), ("zs", "zeroshot")):
+                out[f"{short}_{tag}_{name}"] = round(float(results[model][key]), 4)
     return out

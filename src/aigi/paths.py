@@ -49,12 +49,14 @@ EVAL_METRICS = _METRICS / "eval.json"
 ROBUSTNESS_METRICS = _METRICS / "robustness.json"
 SUMMARY_METRICS = _METRICS / "summary.json"  # the headline numbers for `dvc exp show`
 SALIENCY_METRICS = _METRICS / "saliency.json"
+TEST_METRICS = _METRICS / "test"  # <name>.json per test set (and train_on's): {"finetuned": ..., "zeroshot": ...}
 
 TRAIN_PLOTS = _PLOTS / "train"
 ZEROSHOT_PLOTS = _PLOTS / "zeroshot"
 EVAL_PLOTS = _PLOTS / "eval"
 ROBUSTNESS_PLOTS = _PLOTS / "robustness"
 EXPLAIN_PLOTS = _PLOTS / "explain"
+TEST_PLOTS = _PLOTS / "test"  # <name>/{finetuned,zeroshot}/: ROC, PR, confusion, predictions.csv
 
 TRAIN_CURVES = TRAIN_PLOTS / "curves.png"
 ZEROSHOT_CURVES = ZEROSHOT_PLOTS / "curves.png"

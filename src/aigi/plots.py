@@ -106,3 +106,24 @@ def write_robustness_plots(folder: Path, table: pd.DataFrame) -> None:
     fig.tight_layout()
     fig.savefig(folder / "robustness.png", dpi=100)
     plt.close(fig)
+
+
+def write_generalisation_heatmap(path: Path, sets: Sequence[str], columns: Sequence[str], finetuned: np.ndarray,
+                                 zeroshot: np.ndarray) -> None:
+    """ROC-AUC per test set (rows) and generator (columns; NaN: not in that set), fine-tuned beside zero-shot,
+    as one PNG: 0.5 is chance (white), 1 is perfect (dark blue), below 0.5 worse than chance (red)."""
+    width = max(6.0, 1.0 + 0.75 * len(columns))
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.4 + 0.5 * len(sets)), squeeze=False)
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#dddddd")
+    for ax, values, title in zip(axes[0], (finetuned, zeroshot), ("fine-tuned", "zero-shot"), strict=True):
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if abs(v - 0.5) > 0.35 else "black")
+        ax.set(xticks=range(len(columns)), yticks=range(len(sets)), title=f"ROC-AUC vs REAL ({title})")
+        ax.set_xticklabels(columns, rotation=45, ha="right")
+        ax.set_yticklabels(sets if ax is axes[0][0] else [])  # the same rows: named once, on the left
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

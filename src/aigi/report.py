@@ -20,6 +20,7 @@ from aigi.cifake import CIFAR10_CLASSES, content_class
 from aigi.classes import DETECTION, REAL, display
 from aigi.metrics import SCALARS
 from aigi.params import Params
+from aigi.plots import write_generalisation_heatmap
 
 
 def _cell(result: dict[str, Any], key: str) -> str:
@@ -164,6 +165,88 @@ def generator_sections(zeroshot: dict[str, Any], finetuned: dict[str, Any], figu
     return md
 
 
+ALL_FAKES = "all fakes"  # the row and heat-map column of a test set's detection over every generator
+
+
+def _set_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, dict[str, dict[str, float]]]]:
+    """(class, role, {model: {n, auc, ap, tpr1, flagged}}) for one test set: REAL (flagged = its false-positive
+    rate at the threshold), every generator at once, then each generator, seen ones first."""
+    def real(r: dict[str, Any]) -> dict[str, float]:
+        c = r["confusion"]
+        return {"n": c["tn"] + c["fp"], "flagged": c["fp"] / max(c["tn"] + c["fp"], 1)}
+
+    def fakes(r: dict[str, Any]) -> dict[str, float]:
+        c = r["confusion"]
+        return {"n": c["tp"] + c["fn"], "auc": r["roc_auc"], "ap": r["average_precision"],
+                "tpr1": r.get("tpr_at_fpr_1"), "flagged": c["tp"] / max(c["tp"] + c["fn"], 1)}
+
+    def generator(row: dict[str, Any] | None) -> dict[str, float]:
+        if row is None:
+            return {}
+        return {"n": row["n"], "auc": row.get("roc_auc"), "ap": row.get("average_precision"),
+                "tpr1": row.get("tpr_at_fpr_1"), "flagged": row["flagged_fake"]}
+
+    models = ("zeroshot", "finetuned")
+    rows = [(REAL, "real", {m: real(results[m]) for m in models}),
+            (ALL_FAKES, "detection", {m: fakes(results[m]) for m in models})]
+    ft = results["finetuned"]
+    for group, role in (("per_generator", "seen"), ("unseen", "unseen")):
+        for g in ft.get(group, {}):
+            rows.append((g, role, {m: generator(results[m].get(group, {}).get(g)) for m in models}))
+    return rows
+
+
+def generalisation_table(test_sets: dict[str, dict[str, dict[str, Any]]], trained_on: str) -> str:
+    """Rows: test set and class; columns: zero-shot vs fine-tuned ROC-AUC, AP, TPR at 1% FPR, share flagged."""
+    def f(v: Any) -> str:
+        return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+    head = ("| test set | class | n | AUC zero-shot | AUC fine-tuned | AP zero-shot | AP fine-tuned "
+            "| TPR@1%FPR zero-shot | TPR@1%FPR fine-tuned | flagged zero-shot | flagged fine-tuned |")
+    out = [head, "|---|---|---|" + "---|" * 8]
+    for name, results in test_sets.items():
+        label = f"{name} (trained on)" if name == trained_on else name
+        for cls, role, m in _set_rows(results):
+            zs, ft = m["zeroshot"], m["finetuned"]
+            shown = {"real": f"{REAL} (false positives)", "detection": ALL_FAKES}.get(role, f"{cls} ({role})")
+            out.append(f"| {label} | {shown} | {ft.get('n', zs.get('n', 0)):,} | "
+                       + " | ".join(f"{f(zs.get(k))} | {f(ft.get(k))}" for k in ("auc", "ap", "tpr1", "flagged"))
+                       + " |")
+    return "\n".join(out)
+
+
+def generalisation_section(test_sets: dict[str, dict[str, dict[str, Any]]], trained_on: str,
+                           assets: Path) -> list[str]:
+    """The Generalisation section: the table and the heat map of ROC-AUC, test set x generator."""
+    columns: list[str] = [ALL_FAKES]
+    for results in test_sets.values():
+        columns += [cls for cls, role, _ in _set_rows(results)[2:] if cls not in columns]
+    grids = {m: np.full((len(test_sets), len(columns)), np.nan) for m in ("finetuned", "zeroshot")}
+    for i, results in enumerate(test_sets.values()):
+        for cls, _, m in _set_rows(results)[1:]:
+            for model, grid in grids.items():
+                if m[model].get("auc") is not None:
+                    grid[i, columns.index(cls)] = m[model]["auc"]
+    names = [f"{n} (trained on)" if n == trained_on else n for n in test_sets]
+    write_generalisation_heatmap(assets / "generalisation.png", names, columns, grids["finetuned"], grids["zeroshot"])
+    others = [n for n in test_sets if n != trained_on]
+    return [
+        "## Generalisation: trained on one dataset, tested on others",
+        "",
+        f"Trained on `{trained_on}`; tested on its own test split and on {', '.join(f'`{n}`' for n in others)} "
+        "(`evaluate.test_on`). A test set's classes are matched to the detector's by name (after its "
+        "`class_aliases`): a generator the detector was trained on is *seen*, any other *unseen* (detection only). "
+        "Per generator, ROC-AUC, AP and TPR at 1% FPR are of its images against the same set's REAL images; the "
+        "REAL row's flagged share is the false-positive rate at the threshold. 95% intervals: "
+        "`metrics/test/<set>.json`.",
+        "",
+        generalisation_table(test_sets, trained_on),
+        "",
+        "![Generalisation heat map](assets/generalisation.png)",
+        "",
+    ]
+
+
 def saliency_table(result: dict[str, Any]) -> str:
     """Border share of Grad-CAM mass per class, fine-tuned vs zero-shot."""
     shares = result["border_share"]
@@ -239,12 +322,15 @@ def build(
     mistakes: tuple[pd.DataFrame, np.ndarray],
     model: dict[str, str],
     saliency: tuple[dict[str, Any], Path] | None = None,
+    test_sets: dict[str, dict[str, dict[str, Any]]] | None = None,
 ) -> None:
     """Write report.md, its PNGs and report.html into `out` (an empty folder).
 
     `figures` maps titles to PNGs: training curves, score curves, "Robustness" for the perturbation
     plot and "Attribution" for the N-way confusion matrix; `model` holds the MLflow run id and the
-    registered model URI; `saliency` is metrics/saliency.json and the Grad-CAM grid PNG.
+    registered model URI; `saliency` is metrics/saliency.json and the Grad-CAM grid PNG; `test_sets` maps
+    `params.train_on` and each set of `evaluate.test_on` to its metrics/test/<name>.json (the Generalisation
+    section, shown when there is a set besides the training one).
     """
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
@@ -265,6 +351,8 @@ def build(
         comparison_table(zeroshot, finetuned),
         "",
         *generator_sections(zeroshot, finetuned, attribution_figure, assets),
+        *(generalisation_section(test_sets, params.train_on, assets)
+          if test_sets and set(test_sets) - {params.train_on} else []),
         "## Data",
         "",
         *_data_lines(source, manifest),

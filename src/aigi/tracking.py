@@ -76,7 +76,8 @@ def experiment_id(params: Params) -> str:
 
 
 def experiment_tags() -> dict[str, str]:
-    columns = ["attributes.`Dataset`", "params.`finetune.method`", *(f"metrics.`{m}`" for m in HEADLINE_METRICS)]
+    columns = ["attributes.`Dataset`", "params.`train_on`", "params.`finetune.method`",
+               *(f"metrics.`{m}`" for m in HEADLINE_METRICS)]
     view = {"selectedColumns": columns, "columnWidths": {"attributes.`Dataset`": 160}}
     return {EXPERIMENT_KIND_TAG: MODEL_TRAINING, f"mlflow.sharedViewState.{HEADLINE_VIEW}": json.dumps(view)}
 
