@@ -14,7 +14,7 @@ from aigi.data.store import atomic_dir
 from aigi.errors import AigiError, exits_cleanly
 from aigi.evaluation import mlflow_test_set_metrics, score_test_set, write_json
 from aigi.model import create_detector, load_detector
-from aigi.paths import MODEL_DIR, RUN_JSON, TEST_METRICS, TEST_PLOTS, processed_dir
+from aigi.paths import MODEL_DIR, RUN_JSON, TEST_METRICS, processed_dir, test_set_plots
 
 
 @exits_cleanly
@@ -31,7 +31,7 @@ def main() -> None:
     # The zero-shot detector of the same classes: the prompts the model was trained against, as saved with it.
     zeroshot = create_detector(p.model.arch, p.model.pretrained, meta["prompts"], dev, seed=p.seed)
     data = processed_dir(name)
-    with atomic_dir(TEST_PLOTS / name) as plots:
+    with atomic_dir(test_set_plots(name)) as plots:
         results = {
             "finetuned": score_test_set(finetuned, p, f"{name} fine-tuned", p.evaluate.batch_size, data,
                                         plots / "finetuned"),
@@ -42,7 +42,7 @@ def main() -> None:
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_metrics(mlflow_test_set_metrics(name, results))
         for model in results:  # the curves, not predictions.csv (a row per image: DVC keeps it)
-            for f in sorted((TEST_PLOTS / name / model).glob("*")):
+            for f in sorted((test_set_plots(name) / model).glob("*")):
                 if f.is_file() and f.name != "predictions.csv":
                     mlflow.log_artifact(str(f), f"plots/test/{name}/{model}")
         mlflow.log_artifact(str(TEST_METRICS / f"{name}.json"), "metrics/test")

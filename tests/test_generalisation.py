@@ -45,6 +45,7 @@ def project(tmp_path_factory, tiny_model_dir) -> tuple[Path, str, str]:
     (root / "dvc.yaml").write_text("stages: {}\n")
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"arch": "aigi-tiny", "pretrained": "none", "device": "cpu"},
+        "datasets": {"cifake": {"source": "synthetic"}, "other": {"source": "synthetic"}},
         "evaluate": {"bootstrap_samples": 20, "test_on": ["other"]},
         "mlflow": {"experiment": "generalisation-test"},
     }))

@@ -140,7 +140,8 @@ def test_generalisation_section_shows_each_test_set_and_generator(tmp_path):
     test_sets = {"cifake": {"finetuned": inputs["finetuned"], "zeroshot": inputs["zeroshot"]},
                  "multigen": {"finetuned": scored(0.5), "zeroshot": scored(0.0)}}
     out = tmp_path / "reports"
-    report.build(out, Params(evaluate={"test_on": ["multigen"]}), **inputs, test_sets=test_sets)
+    report.build(out, Params(datasets={"cifake": {}, "multigen": {}}, evaluate={"test_on": ["multigen"]}), **inputs,
+                 test_sets=test_sets)
     md = (out / "report.md").read_text()
     headings = re.findall(r"^## (.*)$", md, flags=re.M)
     assert headings[1] == "Generalisation: trained on one dataset, tested on others"

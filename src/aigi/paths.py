@@ -40,6 +40,11 @@ def processed_dir(dataset: str) -> Path:
     return _PROCESSED / dataset
 
 
+def test_set_plots(dataset: str) -> Path:
+    """The test@<dataset> stage's plots: `{finetuned,zeroshot}/` with ROC, PR, confusion and predictions.csv."""
+    return _PLOTS / "test" / dataset
+
+
 MODEL_DIR = Path("models/finetuned")
 RUN_JSON = Path("models/run.json")  # the model's MLflow run: outside the model folder, whose hash is the weights'
 CHECKPOINT_DIR = Path("models/checkpoints")  # finetune's scratch while it runs; never an out
@@ -56,7 +61,6 @@ ZEROSHOT_PLOTS = _PLOTS / "zeroshot"
 EVAL_PLOTS = _PLOTS / "eval"
 ROBUSTNESS_PLOTS = _PLOTS / "robustness"
 EXPLAIN_PLOTS = _PLOTS / "explain"
-TEST_PLOTS = _PLOTS / "test"  # <name>/{finetuned,zeroshot}/: ROC, PR, confusion, predictions.csv
 
 TRAIN_CURVES = TRAIN_PLOTS / "curves.png"
 ZEROSHOT_CURVES = ZEROSHOT_PLOTS / "curves.png"
