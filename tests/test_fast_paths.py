@@ -1,0 +1,109 @@
+"""The speed paths of issue 19, each checked on the CPU against the plain path it replaces: bf16 inference,
+normalisation folded into the patch embedding, fused SDPA attention, torch.compile, the optimizer."""
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from aigi.inference import class_probs, p_fake
+from aigi.model import TINY, PixelPatchEmbed, SdpaAttention, create_detector
+
+# bf16 inference vs fp32: the largest |P(fake) difference| allowed on the tiny model (seen: ~0.003).
+BF16_P_FAKE_TOLERANCE = 0.02
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    prompts = {"REAL": ["a real photo.", "a photograph."], "FAKE": ["an AI-generated image."]}
+    return create_detector(TINY, "none", prompts, torch.device("cpu"), seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+
+
+def reference_clip(detector):
+    """The same weights in a plain open_clip model: nn.MultiheadAttention, conv1 on normalised input."""
+    ref = open_clip.create_model(TINY)
+    ref.load_state_dict(detector.clip.state_dict())
+    return ref.eval()
+
+
+def normalised(detector, pixels):
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    return (x - detector.mean) / detector.std
+
+
+def test_bf16_inference_agrees_with_fp32(tiny, pixels):
+    fp32 = p_fake(class_probs(tiny, pixels, 16))
+    with torch.no_grad():
+        logits = tiny.inference_model(torch.bfloat16)(torch.from_numpy(pixels))
+    assert tiny.inference_model(torch.bfloat16).visual.conv1.weight.dtype == torch.bfloat16
+    assert logits.dtype == torch.float32  # the head and softmax stay fp32 (see Detector.logits)
+    bf16 = p_fake(logits.softmax(1).double().numpy())
+    diff = np.abs(bf16 - fp32)
+    assert diff.max() <= BF16_P_FAKE_TOLERANCE
+    assert diff.max() > 0  # it really ran in bf16
+    assert len(np.unique(bf16.round(6))) > len(bf16) // 2  # P(fake) is not quantised to a few values
+    assert next(tiny.parameters()).dtype == torch.float32  # the detector itself is untouched
+
+
+def test_bf16_copy_is_made_once_and_rebuilt_when_weights_change(tiny):
+    first = tiny.inference_model(torch.bfloat16)
+    assert tiny.inference_model(torch.bfloat16) is first
+    assert tiny.inference_model(torch.float32).visual is tiny.clip.visual  # fp32: no copy
+    with torch.no_grad():
+        tiny.clip.visual.proj.mul_(1.0)  # an in-place update, as an optimizer step or load_state_dict makes
+    again = tiny.inference_model(torch.bfloat16)
+    assert again is not first
+
+
+def test_normalisation_folded_into_the_patch_embedding_is_exact(tiny, pixels):
+    assert tiny.fused_normalisation and isinstance(tiny.clip.visual.conv1, PixelPatchEmbed)
+    assert set(tiny.clip.state_dict()) == set(reference_clip(tiny).state_dict())  # saved weights unchanged
+    x = torch.from_numpy(pixels)
+    with torch.no_grad():
+        fused = tiny.clip.visual.conv1(tiny.normalise(x))
+        plain = torch.nn.Conv2d.forward(tiny.clip.visual.conv1, normalised(tiny, pixels))
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+        ours = tiny(x)
+        ref = tiny.head(reference_clip(tiny).encode_image(normalised(tiny, pixels), normalize=True))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_runs_through_sdpa_and_matches_open_clip(tiny, monkeypatch):
+    blocks = [m for m in tiny.clip.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert blocks and all(type(m) is SdpaAttention for m in blocks)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(k.get("is_causal")) or sdpa(*a, **k))
+    tokens = tiny.tokenizer(["a real photo.", "an AI-generated image."])
+    x = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    ref = reference_clip(tiny)
+    for grad in (False, True):  # eval without grad is where nn.MultiheadAttention takes its own fast path
+        calls.clear()
+        with torch.set_grad_enabled(grad):
+            text, image = tiny.clip.encode_text(tokens), tiny.clip.encode_image(tiny.normalise(x))
+        n_text, n_image = len(tiny.clip.transformer.resblocks), len(tiny.clip.visual.transformer.resblocks)
+        assert calls == [True] * n_text + [False] * n_image  # the text tower's mask became is_causal
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", sdpa)
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(text, ref.encode_text(tokens), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(image, ref.encode_image(normalised(tiny, x.numpy())), rtol=1e-5, atol=1e-5)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                            lambda *a, **k: calls.append(k.get("is_causal")) or sdpa(*a, **k))
+
+
+def test_gradients_match_open_clip_through_both_fast_paths(tiny):
+    x = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
+    ref = reference_clip(tiny)
+    ours = tiny.clip.encode_image(tiny.normalise(x)).square().sum()
+    theirs = ref.encode_image(normalised(tiny, x.numpy())).square().sum()
+    weights = lambda clip: [clip.visual.conv1.weight, clip.visual.transformer.resblocks[0].attn.in_proj_weight]  # noqa: E731
+    g1 = torch.autograd.grad(ours, weights(tiny.clip))
+    g2 = torch.autograd.grad(theirs, weights(ref))
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
