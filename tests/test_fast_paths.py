@@ -107,3 +107,61 @@ def test_gradients_match_open_clip_through_both_fast_paths(tiny):
     g2 = torch.autograd.grad(theirs, weights(ref))
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_switch_resolves_per_device_and_bad_values_name_the_key():
+    from pydantic import ValidationError
+
+    from aigi.device import use_compile
+    from aigi.params import FinetuneParams
+
+    assert FinetuneParams().compile == "auto"
+    assert use_compile("auto", torch.device("cpu")) is False
+    assert use_compile("auto", torch.device("cuda")) is True
+    assert use_compile(True, torch.device("cpu")) is True and use_compile(False, torch.device("cuda")) is False
+    with pytest.raises(ValidationError, match="compile"):
+        FinetuneParams(compile="sometimes")
+
+
+def test_optimizer_is_foreach_on_cpu(monkeypatch):
+    from aigi import train as train_module
+    from aigi.params import FinetuneParams
+
+    seen = {}
+    real = torch.optim.AdamW
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    prompts = {"REAL": ["a real photo."], "FAKE": ["an AI-generated image."]}
+    det = create_detector(TINY, "none", prompts, torch.device("cpu"), seed=0)
+    images = np.zeros((8, 64, 64, 3), np.uint8)
+    labels = np.arange(8) % 2
+    cfg = FinetuneParams(method="linear_probe", epochs=1, batch_size=8, early_stopping_patience=0)
+    train_module.train(det, (images, labels), (images, labels), cfg, prompts, seed=0)
+    assert seen.get("foreach") is True and "fused" not in seen
+
+
+@pytest.mark.e2e  # torch.compile of the tiny model's training step and forward: about a minute on 2 cores
+def test_compile_on_and_off_give_the_same_metrics(tiny_prompts):
+    from aigi.inference import predict_proba
+    from aigi.params import FinetuneParams
+    from aigi.train import train
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    images = rng.integers(0, 200, (64, 64, 64, 3), dtype=np.uint8)
+    images[labels == 1] += 40
+    out = {}
+    for compile_on in (False, True):
+        det = create_detector(TINY, "none", tiny_prompts, torch.device("cpu"), seed=0)
+        cfg = FinetuneParams(method="full", epochs=1, lr=1e-3, batch_size=32, early_stopping_patience=0,
+                             compile=compile_on)
+        result = train(det, (images, labels), (images[:32], labels[:32]), cfg, tiny_prompts, seed=1)
+        out[compile_on] = (result.history[-1], predict_proba(det, images[:40], 32, compile=compile_on))
+    (eager, p_eager), (comp, p_comp) = out[False], out[True]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert comp[key] == pytest.approx(eager[key], abs=1e-4), key
+    np.testing.assert_allclose(p_comp, p_eager, atol=1e-4)  # 40 images at batch 32: the padded last batch too
