@@ -165,3 +165,70 @@ def test_compile_on_and_off_give_the_same_metrics(tiny_prompts):
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert comp[key] == pytest.approx(eager[key], abs=1e-4), key
     np.testing.assert_allclose(p_comp, p_eager, atol=1e-4)  # 40 images at batch 32: the padded last batch too
+
+
+def _photo(h, w, seed=0):
+    """A smooth image with some texture (JPEG decoders agree closely on such content)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([128 + 100 * np.sin(x / 7 + c) * np.cos(y / 9 - c) for c in range(3)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    from PIL import Image
+
+    files = {}
+    for name, (h, w) in {"a.jpg": (32, 32), "b.jpg": (40, 70), "c.jpg": (32, 32)}.items():
+        Image.fromarray(_photo(h, w, len(files))).save(tmp_path / name, quality=90)
+        files[name] = tmp_path / name
+    Image.fromarray(_photo(30, 30)[..., 0]).save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(_photo(32, 32)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    Image.fromarray(_photo(32, 32)).save(tmp_path / "d.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    Image.fromarray(_photo(300, 300)).save(tmp_path / "big.jpg", quality=90)
+    for name in ("grey.jpg", "cmyk.jpg", "d.png", "broken.jpg", "big.jpg"):
+        files[name] = tmp_path / name
+    return files
+
+
+def test_gpu_decode_entry_point_without_a_gpu_is_the_cpu_decoder_and_quiet(image_files, capsys):
+    import warnings
+
+    from aigi.data.images import BadImage, decode_images, load_rgb
+
+    paths = list(image_files.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        out = decode_images(paths, torch.device("cpu"), max_pixels=200 * 200)
+    for path, got in zip(paths, out, strict=True):
+        try:
+            expected = load_rgb(path, 200 * 200)
+        except BadImage as e:
+            assert isinstance(got, BadImage) and str(got) == str(e)
+        else:
+            assert isinstance(got, np.ndarray) and np.array_equal(got, expected)
+    assert capsys.readouterr() == ("", "")
+    assert isinstance(out[paths.index(image_files["big.jpg"])], BadImage)  # the size guard still holds
+
+
+def test_the_gpu_jpeg_decoder_path_matches_pil_within_the_pixel_tolerance(image_files, capsys):
+    """The nvJPEG branch's code (batched torchvision decode, fallbacks, resize of tensors) run on the CPU
+    decoder; the resize is the shared matrices, so the model inputs are those of the PIL path."""
+    from aigi.data.images import BadImage, decode_images, load_rgb, to_model_input, to_model_tensor
+
+    paths = list(image_files.values())
+    out = decode_images(paths, torch.device("cpu"), max_pixels=200 * 200, gpu_jpeg=True)
+    kinds = {p.name: type(o).__name__ for p, o in zip(paths, out, strict=True)}
+    assert kinds == {"a.jpg": "Tensor", "b.jpg": "Tensor", "c.jpg": "Tensor", "grey.jpg": "Tensor",
+                     "cmyk.jpg": "ndarray", "d.png": "ndarray", "broken.jpg": "BadImage", "big.jpg": "BadImage"}
+    good = [(p, o) for p, o in zip(paths, out, strict=True) if not isinstance(o, BadImage)]
+    pil = [load_rgb(p) for p, _ in good]
+    for (_, got), ref in zip(good, pil, strict=True):
+        assert tuple(got.shape) == ref.shape
+        assert np.abs(np.asarray(got, dtype=int) - ref).max() <= 2  # libjpeg builds: the same or a level apart
+    ours = to_model_tensor([o for _, o in good], 64, torch.device("cpu")).numpy().astype(int)
+    diff = np.abs(ours - to_model_input(pil, 64).astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.02  # tests/test_images.py's resize tolerance
+    assert capsys.readouterr() == ("", "")

@@ -179,15 +179,93 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
 
 def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Any-size RGB images -> N×size×size×3 uint8 by CLIP's transform (shorter side to `size`, centre crop)."""
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    return to_model_tensor(images, size, torch.device("cpu")).numpy()
+
+
+def to_model_tensor(images: Sequence[np.ndarray | torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """`to_model_input` on `device`: H×W×3 uint8 arrays or tensors (e.g. decoded on the GPU) ->
+    N×size×size×3 uint8 tensor there. The same matrices on every device, so the same pixels."""
+    out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)  # equal sizes share one batch of matrix products
+        by_shape.setdefault(tuple(img.shape), []).append(i)  # equal sizes share one batch of matrix products
     for shape, idx in by_shape.items():
         # Resize in sub-batches of at most RESIZE_PIXELS input pixels: the float copy of a batch of
         # large photos would otherwise take gigabytes.
         step = max(1, RESIZE_PIXELS // (shape[0] * shape[1]))
         for i in range(0, len(idx), step):
             part = idx[i : i + step]
-            out[part] = resize_batch(np.stack([images[j] for j in part]), size).numpy()
+            batch = torch.stack([torch.as_tensor(images[j]).to(device, non_blocking=True) for j in part])
+            out[part] = resize_batch(batch, size)
+    return out
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_images(
+    paths: Sequence[str | Path], device: torch.device, max_pixels: int = MAX_IMAGE_PIXELS, gpu_jpeg: bool | None = None,
+) -> list[np.ndarray | torch.Tensor | BadImage]:
+    """Decode files for `to_model_tensor`: per path an H×W×3 uint8 array or tensor, or the `BadImage` why not.
+
+    On CUDA, baseline RGB or greyscale JPEGs are decoded in one batch on the GPU (torchvision's nvJPEG
+    path) into tensors there; every other file, and any JPEG the GPU decoder refuses, goes through
+    `load_rgb` (PIL), quietly. Without a GPU this is `load_rgb` per file. The size guard
+    (`max_pixels`) is read from the header before anything is decoded. `gpu_jpeg` forces the
+    torchvision decoder on (on `device`, CPU included) or off; None = on for CUDA.
+    """
+    use_tv = device.type == "cuda" if gpu_jpeg is None else gpu_jpeg
+    out: list[np.ndarray | torch.Tensor | BadImage | None] = [None] * len(paths)
+    jpegs: list[tuple[int, torch.Tensor]] = []
+    for i, path in enumerate(paths):
+        data = _jpeg_bytes(path, max_pixels) if use_tv else None
+        if data is None:
+            out[i] = _load_or_reason(path, max_pixels)
+        else:
+            jpegs.append((i, data))
+    if jpegs:
+        for (i, _), img in zip(jpegs, _decode_jpegs([d for _, d in jpegs], device), strict=True):
+            out[i] = img.permute(1, 2, 0) if img is not None else _load_or_reason(paths[i], max_pixels)
+    return out  # type: ignore[return-value]
+
+
+def _load_or_reason(path: str | Path, max_pixels: int) -> np.ndarray | BadImage:
+    try:
+        return load_rgb(path, max_pixels)
+    except BadImage as e:
+        return e
+
+
+def _jpeg_bytes(path: str | Path, max_pixels: int) -> torch.Tensor | None:
+    """The file as a uint8 tensor if it is a JPEG torchvision decodes as PIL does (RGB or greyscale,
+    within `max_pixels`); None sends it to `load_rgb`, which also reports every kind of bad file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data.startswith(JPEG_MAGIC):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:  # header only: size and colour mode
+                if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > max_pixels:
+                    return None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """3×H×W uint8 tensors on `device`, one batched call; one by one if the batch fails, None for those that do."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    out: list[torch.Tensor | None] = []
+    for data in datas:
+        try:
+            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out.append(None)
     return out
