@@ -232,3 +232,36 @@ def test_the_gpu_jpeg_decoder_path_matches_pil_within_the_pixel_tolerance(image_
     diff = np.abs(ours - to_model_input(pil, 64).astype(int))
     assert diff.max() <= 2 and (diff > 0).mean() < 0.02  # tests/test_images.py's resize tolerance
     assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.parametrize("factor", [0.75, 0.5, 0.3])
+@pytest.mark.parametrize("shape", [(32, 32), (40, 57)])
+def test_rescale_on_the_device_matches_pil_within_the_pixel_tolerance(factor, shape):
+    from PIL import Image
+
+    from aigi.robustness import rescale, rescale_batch
+
+    img = _photo(*shape, seed=3)
+    h, w = shape
+    small = (max(1, round(w * factor)), max(1, round(h * factor)))
+    pil = Image.fromarray(img).resize(small, Image.Resampling.BICUBIC).resize((w, h), Image.Resampling.BICUBIC)
+    batch = rescale_batch(factor)(torch.from_numpy(np.stack([img, img])))
+    assert batch.shape == (2, h, w, 3) and torch.equal(batch[0], batch[1])
+    ours = batch[0].numpy().astype(int)
+    diff = np.abs(ours - np.asarray(pil, dtype=int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.02  # tests/test_images.py's resize tolerance
+    assert np.array_equal(np.asarray(rescale(factor)(Image.fromarray(img))), ours)  # one implementation
+
+
+def test_perturbed_batches_equal_sizes_and_keeps_order():
+    from aigi.params import RobustnessParams
+    from aigi.robustness import perturbations, perturbed
+
+    originals = [_photo(32, 32, 0), _photo(20, 30, 1), _photo(32, 32, 2)]
+    for pert in perturbations(RobustnessParams(jpeg_quality=[50], blur_sigma=[1.0], rescale=[0.5])):
+        from PIL import Image
+
+        out = perturbed(pert, originals, torch.device("cpu"))
+        one_by_one = [np.asarray(pert.apply(Image.fromarray(o))) for o in originals]
+        for got, want in zip(out, one_by_one, strict=True):
+            assert np.array_equal(np.asarray(got), want), pert.name

@@ -149,6 +149,34 @@ def _bands(in_size: int, resized: int, start: int, size: int, block: int = 32) -
     return tuple(out)
 
 
+def _separable(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray, bands) -> torch.Tensor:
+    """N×h×w×3 uint8 -> N×H×W×3 uint8 by `rows` (H×h) and `cols` (W×w), PIL's order and rounding."""
+    n, h, _, _ = x.shape
+    out_h, out_w = rows.shape[0], cols.shape[0]
+    rows_t = torch.from_numpy(rows).to(x.device)  # fixed-point weights: exact in float32
+    cols_t = torch.from_numpy(cols).to(x.device)
+    # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
+    # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
+    # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
+    # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
+    # matrix skips the zeros (4x less work for 32 -> 224).
+    x = x.permute(1, 0, 3, 2).float() @ cols_t.T  # h, N, 3, W
+    x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * out_w * 3)
+    out = torch.empty(out_h, n * out_w * 3, device=x.device)
+    for r0, r1, c0, c1 in bands:
+        torch.mm(rows_t[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
+    out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
+    return out.view(out_h, n, out_w, 3).permute(1, 0, 2, 3).contiguous()
+
+
+def resample(batch: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """N×h×w×3 uint8 -> N×height×width×3 uint8 on the input's device, as `PIL.Image.resize((width,
+    height), BICUBIC)` (the same matrices as `resize_batch`, without the crop)."""
+    x = torch.as_tensor(batch)
+    _, h, w, _ = x.shape
+    return _separable(x, resize_matrix(h, height), resize_matrix(w, width), _bands(h, height, 0, height))
+
+
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device.
 
@@ -157,24 +185,11 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     pixels that are cropped away.
     """
     x = torch.as_tensor(batch)
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
     rh, rw, top, left = clip_geometry(h, w, size)
-    rows = torch.from_numpy(crop_matrix(h, rh, top, size)).to(x.device)  # fixed-point weights: exact in float32
-    cols = torch.from_numpy(crop_matrix(w, rw, left, size)).to(x.device)
-    # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
-    # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
-    # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
-    # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
-    # matrix skips the zeros (4x less work for 32 -> 224).
-    x = x.permute(1, 0, 3, 2).float() @ cols.T  # h, N, 3, size
-    x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * size * 3)
-    out = torch.empty(size, n * size * 3, device=x.device)
-    for r0, r1, c0, c1 in _bands(h, rh, top, size):
-        torch.mm(rows[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
-    out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
-    return out.view(size, n, size, 3).permute(1, 0, 2, 3).contiguous()
+    return _separable(x, crop_matrix(h, rh, top, size), crop_matrix(w, rw, left, size), _bands(h, rh, top, size))
 
 
 def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -195,9 +210,16 @@ def to_model_tensor(images: Sequence[np.ndarray | torch.Tensor], size: int, devi
         step = max(1, RESIZE_PIXELS // (shape[0] * shape[1]))
         for i in range(0, len(idx), step):
             part = idx[i : i + step]
-            batch = torch.stack([torch.as_tensor(images[j]).to(device, non_blocking=True) for j in part])
+            if all(isinstance(images[j], np.ndarray) for j in part):
+                batch = torch.from_numpy(np.stack([images[j] for j in part])).to(device)  # a copy: writable
+            else:
+                batch = torch.stack([_tensor(images[j]).to(device) for j in part])
             out[part] = resize_batch(batch, size)
     return out
+
+
+def _tensor(img: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else torch.from_numpy(np.array(img))  # a copy: writable
 
 
 JPEG_MAGIC = b"\xff\xd8\xff"
