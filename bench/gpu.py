@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's own start/stop chatter
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -245,12 +245,13 @@ class Bench:
         folder = self.tmp / f"files-{kind}"
         folder.mkdir()
         if kind == "32px":
-            files = []
+            file_px, files = "32x32", []
             for i in range(self.sizes["files_32"]):
                 files.append(folder / f"{i:06d}.jpg")
                 Image.fromarray(self.rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(files[-1], quality=90)
         else:  # one 12-MP photo-like JPEG, copied: decoding does not depend on which one
             h, w = self.sizes["photo_side"]
+            file_px = f"{w}x{h}"
             yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
             base = np.stack([128 + 90 * np.sin(xx / (40 + 9 * c)) * np.cos(yy / (55 - 7 * c)) for c in range(3)], -1)
             photo = np.clip(base + self.rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
@@ -289,8 +290,7 @@ class Bench:
         x = torch.zeros((1, det.image_size, det.image_size, 3), dtype=torch.uint8, device=self.device)
         flops = count_flops(lambda: model(x))
         return {"img_s": seen / seconds, "flops_per_image": flops, "peak_gpu_gib": peak_memory_gib(self.device),
-                "images": seen, "batch": bs, "file_px": "32x32" if kind == "32px" else "x".join(map(str, photo.shape[:2])),
-                "where": where}
+                "images": seen, "batch": bs, "file_px": file_px, "where": where}
 
     # -- the evaluate stage's work: clean scoring + metrics (bootstrap) + robustness on N raw images
     def evaluate(self) -> dict[str, Any]:
