@@ -214,7 +214,9 @@ def to_model_tensor(images: Sequence[np.ndarray | torch.Tensor], size: int, devi
                 batch = torch.from_numpy(np.stack([images[j] for j in part])).to(device)  # a copy: writable
             else:
                 batch = torch.stack([_tensor(images[j]).to(device) for j in part])
-            out[part] = resize_batch(batch, size)
+            if len(part) == len(images):
+                return resize_batch(batch, size)  # one shape, one sub-batch: the usual case, no copy
+            out.index_copy_(0, torch.tensor(part, device=device), resize_batch(batch, size))
     return out
 
 
