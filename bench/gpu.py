@@ -177,13 +177,19 @@ class Bench:
         where: dict[str, Any] = {}
         prof_cm = profiled(self.device, where)
 
+        entered = []
+
         def on_epoch(row):
             if row["epoch"] == 2:
                 prof_cm.__enter__()
+                entered.append(True)
 
         reset_memory(self.device)
-        result = train(det, (images, labels), val, cfg, PROMPTS, seed=0, on_epoch=on_epoch)
-        prof_cm.__exit__(None, None, None)
+        try:
+            result = train(det, (images, labels), val, cfg, PROMPTS, seed=0, on_epoch=on_epoch)
+        finally:
+            if entered:  # also when training failed: a profiler left running would break the next path
+                prof_cm.__exit__(None, None, None)
         img_s = result.history[1]["images_per_second"]
         # FLOPs of one training step (forward, loss, backward) at this batch size, per image.
         flop_det = self.detector()
@@ -215,7 +221,8 @@ class Bench:
         model = det.inference_model(inference_dtype(self.device))
         flops = count_flops(lambda: model(data[:1]))
         return {"img_s": seen / seconds, "flops_per_image": flops, "peak_gpu_gib": peak_memory_gib(self.device),
-                "images": seen, "batch": bs, "dtype": str(inference_dtype(self.device)), "where": where}
+                "images": seen, "batch": bs, "dtype": str(inference_dtype(self.device)),
+                "compile": self.compile is True, "where": where}
 
     # -- explain: Grad-CAM forward + backward, as the report and `aigi predict --explain` run it
     def explain(self) -> dict[str, Any]:
