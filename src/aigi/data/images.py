@@ -282,14 +282,16 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
     """3×H×W uint8 tensors on `device`, one batched call; one by one if the batch fails, None for those that do."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    try:
-        return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        pass
-    out: list[torch.Tensor | None] = []
-    for data in datas:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a refused file is decoded by PIL instead, which reports real problems
         try:
-            out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
         except RuntimeError:
-            out.append(None)
-    return out
+            pass
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
