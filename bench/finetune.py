@@ -84,6 +84,8 @@ def naive_loader(files, labels, detector, batch_size, workers, shuffle, device) 
     from torchvision import transforms as T
 
     pp = {"mean": detector.mean.flatten().tolist(), "std": detector.std.flatten().tolist()}
+    if detector.fused_normalisation:  # the image tower takes 0..255 pixels (normalisation folded into its conv1)
+        pp = {"mean": [0.0, 0.0, 0.0], "std": [1 / 255] * 3}  # the same per-pixel work as Normalize
     transform = T.Compose([T.Resize(detector.image_size, interpolation=T.InterpolationMode.BICUBIC),
                            T.CenterCrop(detector.image_size), T.ToTensor(), T.Normalize(pp["mean"], pp["std"])])
     return DataLoader(NaiveFiles(files, labels, transform), batch_size=batch_size, shuffle=shuffle,

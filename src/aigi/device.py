@@ -1,4 +1,5 @@
-"""Device, precision and autocast, chosen in one place: bf16 autocast + TF32 on CUDA, fp32 on CPU."""
+"""Device, precision, autocast and compilation, chosen in one place: on CUDA bf16 autocast for training,
+bf16 weights for inference, TF32, torch.compile by default; on CPU fp32 and eager."""
 
 from __future__ import annotations
 
@@ -28,6 +29,22 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def inference_dtype(device: torch.device) -> torch.dtype:
+    """The weights' dtype for scoring: bf16 on CUDA (the image tower cast once, see
+    `Detector.inference_model`), fp32 elsewhere (CPU bf16 matrix products are slower, not faster)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def use_compile(setting: bool | str, device: torch.device) -> bool:
+    """`auto`: torch.compile on CUDA, eager on CPU and MPS (compiling costs more there than it saves on
+    short runs, and needs a C++ compiler); true/false force it."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if not isinstance(setting, bool):
+        raise AigiError(f"compile must be auto, true or false; got {setting!r}")
+    return setting
 
 
 def maybe_resident(images: np.ndarray, device: torch.device, share: float = 0.5) -> np.ndarray | torch.Tensor:

@@ -240,7 +240,7 @@ class FinetuneParams(Section):
     unlocked_layers: Annotated[int, Field(ge=0)] | None = None  # last N image-tower blocks train; 0/None = all
     lock_text: bool = False  # contrastive: keep the text tower (class prompt embeddings) fixed
     wise_alpha: Annotated[float, Field(ge=0, le=1)] = 1.0  # WiSE-FT weight of the fine-tuned model; 1 = off
-    compile: bool = False  # torch.compile the training forward
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the training forward; auto: on for CUDA, off for CPU
 
     @model_validator(mode="after")
     def _method_knobs(self) -> FinetuneParams:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aigi.classes import DETECTION, p_fake
-from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
+from aigi.data.images import BadImage, decode_images, is_image_file, to_model_tensor
 from aigi.errors import AigiError
 from aigi.inference import class_probs
 from aigi.model import Detector
@@ -38,32 +38,42 @@ def expand(inputs: Iterable[str]) -> list[Path]:
 
 
 def predict_images(
-    detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray], batch_size: int = 64,
+    detector: Detector, items: Sequence[T], decode: Callable[[T], np.ndarray] | None = None, batch_size: int = 64,
     explain: Callable[[list[T], np.ndarray], list[Any]] | None = None,
+    decode_batch: Callable[[Sequence[T]], list[Any]] | None = None,
 ) -> Iterator[tuple]:
     """(item, class probabilities, "") per item in order, or (item, None, reason) when `decode` raises `BadImage`.
 
     Decodes, resizes and scores one batch at a time, so memory is bounded by the batch, not the input.
+    `decode_batch`, instead of `decode`, decodes a whole batch (e.g. `decode_images` on the GPU): one
+    array, tensor or `BadImage` per item. The resize runs on the detector's device.
     `explain(items, model_inputs)`, when given, is called once per batch with its readable items and
     returns one value per item, yielded as a fourth element (None for an unreadable item).
     """
+    device = detector.mean.device
     for start in range(0, len(items), batch_size):
-        decoded: list[tuple[T, np.ndarray | None, str]] = []
-        for item in items[start : start + batch_size]:
-            try:
-                decoded.append((item, decode(item), ""))
-            except BadImage as e:
-                decoded.append((item, None, str(e)))
+        chunk = items[start : start + batch_size]
+        results = decode_batch(chunk) if decode_batch is not None else [_decode_one(decode, item) for item in chunk]
+        decoded = [(item, None, str(r)) if isinstance(r, BadImage) else (item, r, "")
+                   for item, r in zip(chunk, results, strict=True)]
         good = [img for _, img, _ in decoded if img is not None]
-        pixels = to_model_input(good, detector.image_size)
+        pixels = to_model_tensor(good, detector.image_size, device)
         probs = iter(class_probs(detector, pixels, batch_size) if good else ())
         if explain is None:
             for item, img, err in decoded:
                 yield (item, None, err) if img is None else (item, next(probs), "")
             continue
-        extra = iter(explain([item for item, img, _ in decoded if img is not None], pixels) if good else ())
+        readable = [item for item, img, _ in decoded if img is not None]
+        extra = iter(explain(readable, pixels.cpu().numpy()) if good else ())
         for item, img, err in decoded:
             yield (item, None, err, None) if img is None else (item, next(probs), "", next(extra))
+
+
+def _decode_one(decode: Callable[[T], np.ndarray], item: T) -> np.ndarray | BadImage:
+    try:
+        return decode(item)
+    except BadImage as e:
+        return e
 
 
 def output_columns(classes: Sequence[str]) -> list[str]:
@@ -90,8 +100,9 @@ def predict_paths(
 
     With `explain_dir`, each readable file also gets a Grad-CAM PNG there, named in the row's `explain`."""
     explain = overlay_writer(detector, explain_dir, threshold) if explain_dir is not None else None
-    for f, probs, err, *png in predict_images(detector, files, lambda f: load_rgb(f, max_pixels), batch_size,
-                                              explain):
+    device = detector.mean.device
+    for f, probs, err, *png in predict_images(detector, files, None, batch_size, explain,
+                                              decode_batch=lambda fs: decode_images(fs, device, max_pixels)):
         if probs is None:
             yield {"path": str(f), "error": err}
         else:

@@ -3,8 +3,14 @@
 Perturbations act on the images as stored in `data/raw` (32×32 for CIFAKE), before the resize to the
 model's input, the way a re-shared or re-compressed image reaches a detector: JPEG re-encoding at a
 quality, Gaussian blur of a standard deviation (in original pixels), and shrinking by a factor then
-enlarging back (bicubic both ways). Each one is then resized by `to_model_input`, the function
-preprocess and `aigi predict` use, and scored by the same inference path.
+enlarging back (bicubic both ways). Each one is then resized by `to_model_tensor` (the matrices
+preprocess and `aigi predict` use) on the detector's device, and scored by the same inference path.
+
+Where each runs: rescale is the shared PIL-exact resize matrices (`images.resample`), batched on the
+detector's device (GPU or CPU alike). JPEG and blur stay PIL on the CPU: nvJPEG's encoder
+(torchvision `encode_jpeg` on CUDA) is not libjpeg, so its q50 is another perturbation, and PIL's
+GaussianBlur is three passes of an extended box blur, from which a true Gaussian convolution differs
+by up to 23 grey levels at sigma 2 (4 at 0.5): far beyond the pixel path's tolerance of 2.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image, ImageFilter
 
 from aigi import metrics
-from aigi.data.images import BadImage, load_rgb, to_model_input
+from aigi.data.images import BadImage, load_rgb, resample, to_model_tensor
 from aigi.errors import AigiError
 from aigi.inference import predict_proba
 from aigi.model import Detector
@@ -33,6 +40,7 @@ class Perturbation:
     kind: str  # jpeg | blur | rescale
     level: float
     apply: Callable[[Image.Image], Image.Image]
+    batch: Callable[[torch.Tensor], torch.Tensor] | None = None  # N×H×W×3 uint8 on any device, if it has one
 
     @property
     def name(self) -> str:
@@ -54,25 +62,48 @@ def blur(sigma: float) -> Callable[[Image.Image], Image.Image]:
     return lambda img: img.filter(ImageFilter.GaussianBlur(radius=sigma))  # PIL's radius is the std. dev.
 
 
-def rescale(factor: float) -> Callable[[Image.Image], Image.Image]:
-    def apply(img: Image.Image) -> Image.Image:
-        small = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
-        return img.resize(small, Image.Resampling.BICUBIC).resize(img.size, Image.Resampling.BICUBIC)
+def rescale_batch(factor: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Shrink by `factor`, then back to the original size, bicubic both ways, as PIL's resize does
+    (the shared resize matrices), on the batch's device."""
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[1:3]
+        return resample(resample(x, max(1, round(h * factor)), max(1, round(w * factor))), h, w)
 
     return apply
+
+
+def rescale(factor: float) -> Callable[[Image.Image], Image.Image]:
+    on_batch = rescale_batch(factor)
+    return lambda img: Image.fromarray(on_batch(torch.from_numpy(np.array(img.convert("RGB")))[None])[0].numpy())
 
 
 def perturbations(params: RobustnessParams) -> list[Perturbation]:
     return (
         [Perturbation("jpeg", q, jpeg(q)) for q in params.jpeg_quality]
         + [Perturbation("blur", s, blur(s)) for s in params.blur_sigma]
-        + [Perturbation("rescale", f, rescale(f)) for f in params.rescale]
+        + [Perturbation("rescale", f, rescale(f), rescale_batch(f)) for f in params.rescale]
     )
 
 
-def _load_original(raw_root: Path, file: str, max_pixels: int) -> Image.Image:
+def perturbed(pert: Perturbation, originals: Sequence[np.ndarray], device: torch.device) -> list:
+    """`pert` applied to each H×W×3 uint8 original: batched on `device` (equal sizes together) when it
+    has a batch form, else through PIL; arrays or tensors, for `to_model_tensor`."""
+    if pert.batch is None:
+        return [np.asarray(pert.apply(Image.fromarray(img)), dtype=np.uint8) for img in originals]
+    out: list = [None] * len(originals)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(originals):
+        by_shape.setdefault(img.shape, []).append(i)
+    for idx in by_shape.values():
+        result = pert.batch(torch.from_numpy(np.stack([originals[i] for i in idx])).to(device))
+        for k, i in enumerate(idx):
+            out[i] = result[k]
+    return out
+
+
+def _load_original(raw_root: Path, file: str, max_pixels: int) -> np.ndarray:
     try:
-        return Image.fromarray(load_rgb(raw_root / file, max_pixels))
+        return load_rgb(raw_root / file, max_pixels)
     except BadImage as e:
         raise AigiError(f"{raw_root / file}: {e}; data/raw no longer matches data/processed, "
                         f"re-run download and preprocess (dvc repro)") from None
@@ -88,14 +119,14 @@ def evaluate_robustness(
     Each chunk is decoded once and perturbed every way, so memory stays flat in the split's size.
     """
     perts = perturbations(params)
+    device = detector.mean.device
     p_fake = {pert.name: np.empty(len(files)) for pert in perts}
     chunk = max(batch_size, 256)
     with progress(total=len(files) * len(perts), desc="robustness", unit="img", leave=False) as bar:
         for start in range(0, len(files), chunk):
             originals = [_load_original(raw_root, f, max_pixels) for f in files[start : start + chunk]]
             for pert in perts:
-                pixels = to_model_input([np.asarray(pert.apply(img), dtype=np.uint8) for img in originals],
-                                        detector.image_size)
+                pixels = to_model_tensor(perturbed(pert, originals, device), detector.image_size, device)
                 p_fake[pert.name][start : start + len(originals)] = predict_proba(detector, pixels, batch_size)
                 bar.update(len(originals))
     return {

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigi import distributed
-from aigi.device import autocast, maybe_resident
+from aigi.device import autocast, maybe_resident, use_compile
 from aigi.distributed import SINGLE, World
 from aigi.errors import AigiError, one_line
 from aigi.methods import HEAD, IMAGE_TOWER, LOGIT_SCALE, METHODS, TEXT_TOWER, Method
@@ -268,7 +268,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def compiled(module: nn.Module, enabled: bool) -> nn.Module:
-    return torch.compile(module) if enabled else module
+    if not enabled:
+        return module
+    return torch.compile(module)
 
 
 # ---- the state and its checkpoint -------------------------------------------------------------------------
@@ -296,7 +298,9 @@ class TrainState:
     def fresh(cls, detector: Detector, cfg: FinetuneParams, steps_per_epoch: int) -> TrainState:
         """Nothing trained yet: what the method trains, its AdamW and its cosine schedule with warm-up."""
         trainable = trainable_parameters(detector, cfg)
-        optimizer = torch.optim.AdamW(param_groups(detector, trainable, cfg.weight_decay), lr=cfg.lr)
+        # One fused kernel for the whole update on CUDA; multi-tensor (foreach) ops elsewhere. Same arithmetic.
+        fast = {"fused": True} if detector.mean.device.type == "cuda" else {"foreach": True}
+        optimizer = torch.optim.AdamW(param_groups(detector, trainable, cfg.weight_decay), lr=cfg.lr, **fast)
         total_steps = steps_per_epoch * cfg.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(total_steps, round(total_steps * cfg.warmup_fraction))
@@ -410,13 +414,14 @@ def train(
 
     state = restore(detector, cfg, steps_per_epoch(len(train_labels), cfg, world), checkpoints, world)
     forward = ClassLogits(detector, METHODS[cfg.method], prompts, text_trainable=not cfg.lock_text)
-    model = compiled(distributed_model(forward, world), cfg.compile)
+    compile_on = use_compile(cfg.compile, device)  # auto: on for CUDA, off for CPU
+    model = compiled(distributed_model(forward, world), compile_on)
 
     first_epoch = state.epoch + 1  # of this process: where a torch.compile failure shows
     while state.epoch < cfg.epochs and not state.stopped_early:
         epoch = state.epoch + 1
         train_loss, train_acc, speed = train_one_epoch(model, state, (train_images, train_labels), cfg, seed,
-                                                       world, compiling=cfg.compile and epoch == first_epoch)
+                                                       world, compiling=compile_on and epoch == first_epoch)
         detector.eval()
         val_loss, val_acc = evaluate_loss_accuracy(forward, val_images, val_labels, cfg.eval_batch_size, device, world)
         row = {

@@ -149,6 +149,34 @@ def _bands(in_size: int, resized: int, start: int, size: int, block: int = 32) -
     return tuple(out)
 
 
+def _separable(x: torch.Tensor, rows: np.ndarray, cols: np.ndarray, bands) -> torch.Tensor:
+    """N×h×w×3 uint8 -> N×H×W×3 uint8 by `rows` (H×h) and `cols` (W×w), PIL's order and rounding."""
+    n, h, _, _ = x.shape
+    out_h, out_w = rows.shape[0], cols.shape[0]
+    rows_t = torch.from_numpy(rows).to(x.device)  # fixed-point weights: exact in float32
+    cols_t = torch.from_numpy(cols).to(x.device)
+    # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
+    # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
+    # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
+    # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
+    # matrix skips the zeros (4x less work for 32 -> 224).
+    x = x.permute(1, 0, 3, 2).float() @ cols_t.T  # h, N, 3, W
+    x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * out_w * 3)
+    out = torch.empty(out_h, n * out_w * 3, device=x.device)
+    for r0, r1, c0, c1 in bands:
+        torch.mm(rows_t[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
+    out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
+    return out.view(out_h, n, out_w, 3).permute(1, 0, 2, 3).contiguous()
+
+
+def resample(batch: np.ndarray | torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """N×h×w×3 uint8 -> N×height×width×3 uint8 on the input's device, as `PIL.Image.resize((width,
+    height), BICUBIC)` (the same matrices as `resize_batch`, without the crop)."""
+    x = torch.as_tensor(batch)
+    _, h, w, _ = x.shape
+    return _separable(x, resize_matrix(h, height), resize_matrix(w, width), _bands(h, height, 0, height))
+
+
 def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """N×h×w×3 uint8 (all the same shape) -> N×size×size×3 uint8 tensor, on the input's device.
 
@@ -157,37 +185,113 @@ def resize_batch(batch: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     pixels that are cropped away.
     """
     x = torch.as_tensor(batch)
-    n, h, w, _ = x.shape
+    _, h, w, _ = x.shape
     if (h, w) == (size, size):
         return x
     rh, rw, top, left = clip_geometry(h, w, size)
-    rows = torch.from_numpy(crop_matrix(h, rh, top, size)).to(x.device)  # fixed-point weights: exact in float32
-    cols = torch.from_numpy(crop_matrix(w, rw, left, size)).to(x.device)
-    # Horizontal pass, then vertical, each rounded and clipped to 0..255 as PIL does between passes.
-    # Rows lead (h, N, ...) so the vertical pass, nearly all the work, is a few large matrix products
-    # rather than N small ones, and its output is in N×H×W×3 order after one uint8 permute. The
-    # bicubic kernel touches 4 input rows per output row: multiplying only each block's band of the
-    # matrix skips the zeros (4x less work for 32 -> 224).
-    x = x.permute(1, 0, 3, 2).float() @ cols.T  # h, N, 3, size
-    x = x.round_().clamp_(0, 255).transpose(2, 3).reshape(h, n * size * 3)
-    out = torch.empty(size, n * size * 3, device=x.device)
-    for r0, r1, c0, c1 in _bands(h, rh, top, size):
-        torch.mm(rows[r0:r1, c0:c1], x[c0:c1], out=out[r0:r1])
-    out = out.add_(0.5).clamp_(0, 255).to(torch.uint8)  # +0.5 then truncation: PIL's round-half-up
-    return out.view(size, n, size, 3).permute(1, 0, 2, 3).contiguous()
+    return _separable(x, crop_matrix(h, rh, top, size), crop_matrix(w, rw, left, size), _bands(h, rh, top, size))
 
 
 def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """Any-size RGB images -> N×size×size×3 uint8 by CLIP's transform (shorter side to `size`, centre crop)."""
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    return to_model_tensor(images, size, torch.device("cpu")).numpy()
+
+
+def to_model_tensor(images: Sequence[np.ndarray | torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """`to_model_input` on `device`: H×W×3 uint8 arrays or tensors (e.g. decoded on the GPU) ->
+    N×size×size×3 uint8 tensor there. The same matrices on every device, so the same pixels."""
+    out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, img in enumerate(images):
-        by_shape.setdefault(img.shape, []).append(i)  # equal sizes share one batch of matrix products
+        by_shape.setdefault(tuple(img.shape), []).append(i)  # equal sizes share one batch of matrix products
     for shape, idx in by_shape.items():
         # Resize in sub-batches of at most RESIZE_PIXELS input pixels: the float copy of a batch of
         # large photos would otherwise take gigabytes.
         step = max(1, RESIZE_PIXELS // (shape[0] * shape[1]))
         for i in range(0, len(idx), step):
             part = idx[i : i + step]
-            out[part] = resize_batch(np.stack([images[j] for j in part]), size).numpy()
+            if all(isinstance(images[j], np.ndarray) for j in part):
+                batch = torch.from_numpy(np.stack([images[j] for j in part])).to(device)  # a copy: writable
+            else:
+                batch = torch.stack([_tensor(images[j]).to(device) for j in part])
+            if len(part) == len(images):
+                return resize_batch(batch, size)  # one shape, one sub-batch: the usual case, no copy
+            out.index_copy_(0, torch.tensor(part, device=device), resize_batch(batch, size))
     return out
+
+
+def _tensor(img: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return img if isinstance(img, torch.Tensor) else torch.from_numpy(np.array(img))  # a copy: writable
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_images(
+    paths: Sequence[str | Path], device: torch.device, max_pixels: int = MAX_IMAGE_PIXELS, gpu_jpeg: bool | None = None,
+) -> list[np.ndarray | torch.Tensor | BadImage]:
+    """Decode files for `to_model_tensor`: per path an H×W×3 uint8 array or tensor, or the `BadImage` why not.
+
+    On CUDA, baseline RGB or greyscale JPEGs are decoded in one batch on the GPU (torchvision's nvJPEG
+    path) into tensors there; every other file, and any JPEG the GPU decoder refuses, goes through
+    `load_rgb` (PIL), quietly. Without a GPU this is `load_rgb` per file. The size guard
+    (`max_pixels`) is read from the header before anything is decoded. `gpu_jpeg` forces the
+    torchvision decoder on (on `device`, CPU included) or off; None = on for CUDA.
+    """
+    use_tv = device.type == "cuda" if gpu_jpeg is None else gpu_jpeg
+    out: list[np.ndarray | torch.Tensor | BadImage | None] = [None] * len(paths)
+    jpegs: list[tuple[int, torch.Tensor]] = []
+    for i, path in enumerate(paths):
+        data = _jpeg_bytes(path, max_pixels) if use_tv else None
+        if data is None:
+            out[i] = _load_or_reason(path, max_pixels)
+        else:
+            jpegs.append((i, data))
+    if jpegs:
+        for (i, _), img in zip(jpegs, _decode_jpegs([d for _, d in jpegs], device), strict=True):
+            out[i] = img.permute(1, 2, 0) if img is not None else _load_or_reason(paths[i], max_pixels)
+    return out  # type: ignore[return-value]
+
+
+def _load_or_reason(path: str | Path, max_pixels: int) -> np.ndarray | BadImage:
+    try:
+        return load_rgb(path, max_pixels)
+    except BadImage as e:
+        return e
+
+
+def _jpeg_bytes(path: str | Path, max_pixels: int) -> torch.Tensor | None:
+    """The file as a uint8 tensor if it is a JPEG torchvision decodes as PIL does (RGB or greyscale,
+    within `max_pixels`); None sends it to `load_rgb`, which also reports every kind of bad file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if not data.startswith(JPEG_MAGIC):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:  # header only: size and colour mode
+                if img.format != "JPEG" or img.mode not in ("RGB", "L") or img.width * img.height > max_pixels:
+                    return None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """3×H×W uint8 tensors on `device`, one batched call; one by one if the batch fails, None for those that do."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a refused file is decoded by PIL instead, which reports real problems
+        try:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            pass
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError:
+                out.append(None)
+        return out
