@@ -77,6 +77,14 @@ class DataParams(Section):
         return self
 
 
+class AuditParams(Section):
+    """The shortcut audit (src/aigi/audit.py): a classifier on file metadata only, per generator vs REAL."""
+
+    threshold: Annotated[float, Field(gt=0.5, lt=1)] = 0.75  # metadata ROC-AUC above this: a one-line warning
+    folds: Annotated[int, Field(ge=2, le=20)] = 5  # stratified cross-validation folds
+    max_images_per_class: PerClass = 2000  # seeded sample of each class's files (both splits); `all` reads every one
+
+
 class PreprocessParams(Section):
     train_per_class: PerClass = 8000
     test_per_class: PerClass = 2000
@@ -216,6 +224,7 @@ class MlflowParams(Section):
 class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
     data: DataParams = DataParams()
+    audit: AuditParams = AuditParams()
     preprocess: PreprocessParams = PreprocessParams()
     model: ModelParams = ModelParams()
     zeroshot: ZeroshotParams = ZeroshotParams()
