@@ -79,6 +79,10 @@ class Detector(nn.Module):
         self.register_buffer("mean", torch.tensor(pp["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pp["std"]).view(1, 3, 1, 1), persistent=False)
         self.head = nn.Linear(model_cfg["embed_dim"], len(self.classes))
+        # As saved with the model (detector.json): how an image reaches the input (the keyword arguments of
+        # aigi.data.images.model_input) and the decision threshold chosen in finetune (None: evaluate.threshold).
+        self.input_transform: dict[str, Any] = {"resize": "shorter_side", "jpeg_quality": None}
+        self.threshold: float | None = None
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> normalised float NCHW on the model's device (the only place this happens)."""
@@ -195,4 +199,6 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tup
     classes = meta.get("classes") or list(DETECTION)  # saved before N classes: REAL, FAKE
     detector = Detector(clip, model_cfg, classes, open_clip.get_tokenizer(ident)).to(device)
     detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
+    detector.input_transform = {"resize": meta.get("resize", "shorter_side"), "jpeg_quality": meta.get("jpeg_align")}
+    detector.threshold = meta.get("threshold")
     return detector.eval(), meta

@@ -94,6 +94,8 @@ class PreprocessParams(Section):
     chunk_size: Annotated[int, Field(gt=0)] = 1024
     workers: Annotated[int, Field(ge=0)] = 0  # 0 = all cores
     max_image_pixels: Annotated[int, Field(gt=0)] = MAX_IMAGE_PIXELS  # decompression-bomb guard
+    jpeg_align: Annotated[int, Field(ge=1, le=100)] | None = None  # re-encode every image as JPEG at this quality
+    resize: Literal["shorter_side", "crop"] = "shorter_side"  # crop: native centre S×S where the image is large enough
 
 
 class ModelParams(Section):
@@ -147,6 +149,21 @@ class ZeroshotParams(Section):
         return v
 
 
+class AugmentParams(Section):
+    """Robustness augmentation of training batches (src/aigi/augment.py); a range as [low, high], null = off."""
+
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # each image: blurred with this probability, then JPEG'd with it
+    blur_sigma: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] | None = (0.0, 3.0)
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] | None = (30, 100)
+
+    @field_validator("blur_sigma", "jpeg_quality")
+    @classmethod
+    def _low_high(cls, v):
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"needs [low, high] with low <= high, got {list(v)}")
+        return v
+
+
 class FinetuneParams(Section):
     method: Literal["contrastive", "linear_probe", "full"] = "contrastive"
     epochs: Annotated[int, Field(gt=0)] = 5
@@ -163,6 +180,8 @@ class FinetuneParams(Section):
     lock_text: bool = False  # contrastive: keep the text tower (class prompt embeddings) fixed
     wise_alpha: Annotated[float, Field(ge=0, le=1)] = 1.0  # WiSE-FT weight of the fine-tuned model; 1 = off
     compile: bool = False  # torch.compile the training forward
+    calibration: Literal["temperature", "none"] = "temperature"  # temperature scaling fitted on validation
+    augment: AugmentParams | None = None  # blur + JPEG of a random share of each batch (Wang et al. 2020); null = off
 
     @model_validator(mode="after")
     def _method_knobs(self) -> FinetuneParams:
@@ -183,6 +202,7 @@ class RobustnessParams(Section):
 
 class EvaluateParams(Section):
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    target_fpr: Annotated[float, Field(gt=0, lt=1)] | None = None  # FPR budget: threshold chosen on validation
     unseen_generators: list[ClassName] = Field(default_factory=list)  # held out of train/val, tested apart
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
     batch_size: Annotated[int, Field(gt=0)] = 256

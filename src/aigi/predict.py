@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aigi.classes import DETECTION
-from aigi.data.images import BadImage, is_image_file, load_rgb, to_model_input
+from aigi.data.images import BadImage, is_image_file, load_rgb, model_input
 from aigi.errors import AigiError
 from aigi.inference import class_probs
 from aigi.model import Detector
@@ -55,7 +55,7 @@ def predict_images(
             except BadImage as e:
                 decoded.append((item, None, str(e)))
         good = [img for _, img, _ in decoded if img is not None]
-        pixels = to_model_input(good, detector.image_size)
+        pixels = model_input(good, detector.image_size, **detector.input_transform)  # as in training
         probs = iter(class_probs(detector, pixels, batch_size) if good else ())
         if explain is None:
             for item, img, err in decoded:

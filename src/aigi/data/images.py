@@ -191,3 +191,54 @@ def to_model_input(images: Sequence[np.ndarray], size: int) -> np.ndarray:
             part = idx[i : i + step]
             out[part] = resize_batch(np.stack([images[j] for j in part]), size).numpy()
     return out
+
+
+# ---- the preprocess mitigations (preprocess.jpeg_align, preprocess.resize), saved with the model ------------
+
+RESIZE_MODES = ("shorter_side", "crop")
+CROP = "native pixels: the centre S×S of images at least S on each side; smaller ones as shorter_side"
+
+
+def jpeg_align(img: np.ndarray, quality: int) -> np.ndarray:
+    """Re-encode an RGB image as JPEG at `quality` and decode it again (PIL, 4:2:0 as libjpeg's default).
+
+    Applied to every image of every class before the resize, it leaves the container nothing to say:
+    a PNG and a JPEG of the same scene come out as the same kind of JPEG.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    with Image.open(buf) as out:
+        return np.array(out.convert("RGB"), dtype=np.uint8)
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre size×size pixels of an image at least `size` on each side, copied as they are."""
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return np.ascontiguousarray(img[top : top + size, left : left + size])
+
+
+def model_input(images: Sequence[np.ndarray], size: int, resize: str = "shorter_side",
+                jpeg_quality: int | None = None) -> np.ndarray:
+    """Decoded RGB images -> N×size×size×3 uint8 as the model saw them in training (its saved transform).
+
+    `jpeg_quality` (preprocess.jpeg_align): re-encode each image as JPEG first. `resize`: `shorter_side`
+    is `to_model_input` (CLIP's transform); `crop` takes the centre size×size at native resolution
+    from images at least `size` on each side (no resampling, so high-frequency traces survive) and
+    brings smaller ones up by `to_model_input`.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if jpeg_quality is not None:
+        images = [jpeg_align(img, jpeg_quality) for img in images]
+    if resize == "shorter_side":
+        return to_model_input(images, size)
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    large = [i for i, img in enumerate(images) if min(img.shape[:2]) >= size]
+    small = [i for i, img in enumerate(images) if min(img.shape[:2]) < size]
+    for i in large:
+        out[i] = centre_crop(images[i], size)
+    if small:
+        out[small] = to_model_input([images[i] for i in small], size)
+    return out
+
