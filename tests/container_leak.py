@@ -16,10 +16,11 @@ from PIL import Image
 from aigi.data.synthetic import scene
 
 REAL_QUALITY = 75
+NOISE = 40.0  # grey levels of sensor noise on top of the scene's own: what JPEG smooths away and PNG keeps
 
 
 def write_container_leak(dest: Path, train_per_class: int, test_per_class: int, seed: int = 0,
-                         quality: int = REAL_QUALITY) -> Path:
+                         quality: int = REAL_QUALITY, noise: float = NOISE) -> Path:
     """`dest/{train,test}/{REAL,FAKE}/`: REAL as JPEG at `quality`, FAKE as PNG; returns `dest`."""
     for split_index, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
         for label_index, label in enumerate(("REAL", "FAKE")):
@@ -27,7 +28,8 @@ def write_container_leak(dest: Path, train_per_class: int, test_per_class: int, 
             folder.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, split_index, label_index])
             for i in range(n):
-                img = Image.fromarray(np.clip(scene(rng), 0, 255).round().astype(np.uint8))
+                pixels = scene(rng) + rng.normal(0, noise, (32, 32, 3))
+                img = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
                 if label == "REAL":
                     img.save(folder / f"{i:04d}.jpg", quality=quality)
                 else:

@@ -71,11 +71,11 @@ def test_reliability_bins_count_every_image():
     assert all(0 <= a <= 1 for a in bins["accuracy"])
 
 
-def test_calibrate_folds_the_temperature_into_the_detector(tiny_model_dir):
+def test_calibrate_then_load_applies_the_temperature(tiny_model_dir, tmp_path):
     from aigi.inference import class_probs
-    from aigi.model import load_detector
+    from aigi.model import load_detector, save_detector
 
-    detector, _ = load_detector(tiny_model_dir)
+    detector, meta = load_detector(tiny_model_dir)
     with torch.no_grad():
         detector.head.weight.mul_(40.0)  # a random-weights model made wildly over-confident
     rng = np.random.default_rng(0)
@@ -83,10 +83,14 @@ def test_calibrate_folds_the_temperature_into_the_detector(tiny_model_dir):
     labels = rng.integers(0, 2, 300)
     raw = calibration.logits_of(detector, images, 64)
     out = calibration.calibrate(detector, images, labels, "temperature", 0.05, 64)
+    np.testing.assert_array_equal(calibration.logits_of(detector, images, 64), raw)  # the detector is untouched
     t = out["temperature"]
     assert t > 1 and out["calibration"]["val_after"]["nll"] < out["calibration"]["val_before"]["nll"]
-    np.testing.assert_allclose(class_probs(detector, images, 64), calibration.softmax(raw, t), atol=1e-5)
     assert 0 < out["threshold"] <= 1 and out["calibration"]["val_fpr_at_threshold"] <= 0.05
+    save_detector(detector, tmp_path / "m", {**meta, "temperature": t, "threshold": out["threshold"]})
+    loaded, _ = load_detector(tmp_path / "m")
+    np.testing.assert_allclose(class_probs(loaded, images, 64), calibration.softmax(raw, t), atol=1e-5)
+    assert loaded.threshold == out["threshold"]
     kept = calibration.calibrate(detector, images, labels, "none", None, 64)
     assert kept["temperature"] == 1.0 and kept["threshold"] is None
 

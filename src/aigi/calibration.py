@@ -6,8 +6,9 @@ Both are fitted on the validation split after training and saved with the model 
 - Temperature scaling (Guo et al. 2017): one scalar T divides every logit, chosen to minimise the
   validation negative log-likelihood. The argmax (and so attribution) never changes, only how
   confident the probabilities are. The NLL is convex in 1/T, so a bracketing search finds the
-  optimum. The saved model holds T folded into its head (weights and bias divided by T): every
-  consumer of the detector gets calibrated probabilities through the one code path it already has.
+  optimum. T is saved in detector.json and `load_detector` divides the head's weights and bias by it,
+  so every consumer of a saved model gets calibrated probabilities through the code path it already
+  has, while the saved weights stay exactly the trained ones.
 - Threshold for a false-positive budget (`evaluate.target_fpr`): the P(fake) at or above which
   at most that share of the validation REAL images lie. With fewer validation REAL images than
   about 1/target the budget cannot be resolved (the threshold is then just above the highest REAL
@@ -121,13 +122,6 @@ def logits_of(detector: Detector, images: np.ndarray, batch_size: int) -> np.nda
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(detector.classes)))
 
 
-@torch.no_grad()
-def fold_temperature(detector: Detector, temperature: float) -> None:
-    """Divide the head's weights and bias by T: the detector's logits are then logits / T."""
-    detector.head.weight.div_(temperature)
-    detector.head.bias.div_(temperature)
-
-
 def reliability_bins(y: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5, bins: int = ECE_BINS
                      ) -> dict[str, list]:
     """Reliability diagram data of the detection decision at `threshold`: per confidence bin (the bins
@@ -147,8 +141,9 @@ def reliability_bins(y: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5, 
 
 def calibrate(detector: Detector, val_images: np.ndarray, val_labels: np.ndarray, method: str,
               target_fpr: float | None, batch_size: int, threshold: float = 0.5) -> dict[str, Any]:
-    """After training: temperature scaling (`method` temperature | none) folded into the detector, then the
-    threshold for `target_fpr` (None: keep `threshold`) on the calibrated validation scores.
+    """After training: temperature scaling (`method` temperature | none), then the threshold for `target_fpr`
+    (None: keep `threshold`) on the calibrated validation scores. The detector is not changed: `load_detector`
+    applies the saved `temperature`.
 
     Returns what detector.json records (`temperature`, `threshold`, `target_fpr`, `calibration` with the
     validation NLL / ECE / Brier before and after, and `threshold_note`) and the reliability data.
@@ -164,8 +159,6 @@ def calibrate(detector: Detector, val_images: np.ndarray, val_labels: np.ndarray
         return {"nll": nll(logits, labels, t), "ece": expected_calibration_error(y, p, threshold),
                 "brier": float(np.mean((p - y) ** 2))}
 
-    if method == "temperature":
-        fold_temperature(detector, temperature)
     out: dict[str, Any] = {
         "temperature": temperature, "target_fpr": target_fpr, "threshold": None, "threshold_note": "",
         "calibration": {"method": method, "val_before": scores(before, 1.0), "val_after": scores(after, temperature)},

@@ -199,6 +199,10 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tup
     classes = meta.get("classes") or list(DETECTION)  # saved before N classes: REAL, FAKE
     detector = Detector(clip, model_cfg, classes, open_clip.get_tokenizer(ident)).to(device)
     detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
+    if meta.get("temperature"):  # temperature scaling fitted in finetune (aigi.calibration): logits / T
+        with torch.no_grad():
+            detector.head.weight.div_(meta["temperature"])
+            detector.head.bias.div_(meta["temperature"])
     detector.input_transform = {"resize": meta.get("resize", "shorter_side"), "jpeg_quality": meta.get("jpeg_align")}
     detector.threshold = meta.get("threshold")
     return detector.eval(), meta
