@@ -64,3 +64,24 @@ def test_ranges_are_validated_at_load():
     with pytest.raises(AigiError, match=r"finetune\.augment\.p:"):
         parse({"finetune": {"augment": {"p": 1.5}}})
     assert parse({"finetune": {"augment": {"p": 0.1}}}).finetune.augment.blur_sigma == (0.0, 3.0)
+
+
+def test_the_training_loop_augments_reproducibly():
+    from aigi.model import TINY, create_detector
+    from aigi.params import FinetuneParams
+    from aigi.train import train
+
+    prompts = {"REAL": ["a real photo."], "FAKE": ["an AI-generated image."]}
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 256, (32, 64, 64, 3), dtype=np.uint8), np.arange(32) % 2)
+
+    def weights(augment):
+        det = create_detector(TINY, "none", prompts, torch.device("cpu"), seed=0)
+        cfg = FinetuneParams(method="full", epochs=1, lr=1e-3, batch_size=16, early_stopping_patience=0,
+                             augment=augment)
+        train(det, data, data, cfg, prompts, seed=1)
+        return det.head.weight.detach().clone()
+
+    on = {"p": 1.0, "blur_sigma": [0.5, 2.0], "jpeg_quality": [30, 60]}
+    first = weights(on)
+    assert torch.equal(first, weights(on)) and not torch.equal(first, weights(None))

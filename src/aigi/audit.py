@@ -6,10 +6,11 @@ et al. 2024, "Fake or JPEG?"). This module reads each file's metadata only (the 
 `Image.open` parses it and decodes no pixels): container format, JPEG quality estimated from the
 quantisation tables, chroma subsampling, progressive, EXIF and ICC presence, width, height, mode and
 bytes per pixel. A scikit-learn classifier on those features alone, stratified and cross-validated,
-scores each generator against REAL: its out-of-fold ROC-AUC is what metadata alone reaches, and the
-same classifier on one feature at a time says which features carry it. 0.5 is chance; an AUC above
-`audit.threshold` means a detector can score well by learning the container, and the stage says so in
-one line naming the feature and the fix (`preprocess.jpeg_align`, which re-encodes every image alike).
+scores each generator against REAL: its out-of-fold ROC-AUC is what metadata alone reaches; each
+feature's own out-of-fold AUC (a histogram classifier on that feature) says which features carry it.
+0.5 is chance; an AUC above `audit.threshold` means a detector can score well by learning the
+container, and the stage says so in one line naming the feature and the fix (`preprocess.jpeg_align`,
+which re-encodes every image alike).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ NUMERIC = ("jpeg_quality", "progressive", "exif", "icc", "width", "height", "byt
 FEATURES = CATEGORICAL + NUMERIC
 # What to do about a leak, by the feature that carries it most.
 FIX = {
+    "bytes_per_pixel": "file size per pixel follows how compressible the content is (smooth or noisy images), "
+                       "so with the same format and quality in every class it is the pixels talking, which "
+                       "jpeg_align cannot remove; if the encoders differ, set preprocess.jpeg_align",
     "width": "preprocess.resize: crop keeps native pixels where images are large enough, but sizes that differ "
              "per class stay visible: sample or resize the classes' originals alike",
     "height": "preprocess.resize: crop keeps native pixels where images are large enough, but sizes that differ "
@@ -170,6 +174,31 @@ def cross_validated_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> 
     return float(roc_auc_score(y, scores))
 
 
+def single_feature_auc(values: list, y: np.ndarray, folds: int, seed: int, bins: int = 32) -> float:
+    """Out-of-fold ROC-AUC of one feature alone, any shape of dependence: each fold scores an image by its
+    value's fake rate among the other folds' images (per distinct value, or per quantile bin when there
+    are more than `bins` values; add-one smoothed). A histogram classifier: fast, and it needs no scaling."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    if len(set(values)) < 2:
+        return 0.5
+    if isinstance(values[0], str):
+        codes = {v: i for i, v in enumerate(sorted(set(values)))}
+        x = np.array([codes[v] for v in values], dtype=np.float64)
+    else:
+        x = np.asarray(values, dtype=np.float64)
+    scores = np.empty(len(y))
+    for train, test in StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, y):
+        distinct = np.unique(x[train])
+        edges = distinct if len(distinct) <= bins else np.unique(np.quantile(x[train], np.linspace(0, 1, bins + 1)))
+        which = lambda v, e=edges: np.clip(np.searchsorted(e, v, side="right") - 1, 0, len(e) - 1)  # noqa: E731
+        fake = np.bincount(which(x[train]), weights=y[train], minlength=len(edges))
+        total = np.bincount(which(x[train]), minlength=len(edges))
+        scores[test] = ((fake + 1) / (total + 2))[which(x[test])]
+    return float(roc_auc_score(y, scores))
+
+
 def summarise(metas: list[FileMeta]) -> dict[str, Any]:
     """What one class's files look like: the most common value of each categorical feature, the
     median and range of the numeric ones."""
@@ -209,7 +238,7 @@ def audit(root: Path, threshold: float = 0.75, folds: int = 5, max_per_class: in
             result["generators"][g] = {"n_real": int((1 - y).sum()), "n_fake": int(y.sum()), "roc_auc": None,
                                        "note": "too few images for cross-validation"}
             continue
-        single = {f: cross_validated_auc(_design(sub, (f,)), y, k, seed) for f in FEATURES}
+        single = {f: single_feature_auc([getattr(m, f) for m in sub], y, k, seed) for f in FEATURES}
         # An AUC below 0.5 out of fold is chance plus noise, never a usable signal the other way round.
         top = max(single, key=lambda f: single[f])
         auc = cross_validated_auc(_design(sub, FEATURES), y, k, seed)
