@@ -83,3 +83,24 @@ def test_pyfunc_uses_the_saved_threshold_and_transform(tiny_model_dir, tmp_path,
     assert list(out["label"]) == ["FAKE" if v >= cut else "REAL" for v in want]
     assert list(model.predict(None, pd.DataFrame({"image": [f.read_bytes() for f in files]}),
                               params={"threshold": 0.999999})["label"]) == ["REAL"] * len(files)
+
+
+def test_registered_model_defaults_to_the_saved_threshold(tiny_model_dir, tmp_path):
+    import mlflow
+
+    from aigi import params, serving
+
+    folder = _saved(tiny_model_dir, tmp_path, threshold=0.123, target_fpr=0.01)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+        p = params.parse({"mlflow": {"registered_model": "thr"}, "evaluate": {"threshold": 0.4}})
+        with mlflow.start_run(experiment_id=exp):
+            version = serving.log_and_register(folder, p)
+        assert version.tags[serving.THRESHOLD_TAG] == "0.123"
+        model = mlflow.pyfunc.load_model(f"models:/thr/{version.version}")
+        spec = {s.name: s.default for s in model.metadata.get_params_schema().params}
+        assert spec == {"threshold": 0.123}  # what `mlflow models serve` uses when a request names none
+    finally:
+        mlflow.set_tracking_uri(None)
