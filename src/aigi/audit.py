@@ -41,16 +41,18 @@ CATEGORICAL = ("format", "subsampling", "mode")
 NUMERIC = ("jpeg_quality", "progressive", "exif", "icc", "width", "height", "bytes_per_pixel")
 FEATURES = CATEGORICAL + NUMERIC
 # What to do about a leak, by the feature that carries it most.
+SIZE_FIX = ("a detector can learn the size instead of the image; preprocess.resize: crop keeps native pixels "
+            "where images are large enough, but sizes that differ per class stay visible: sample or resize the "
+            "classes' originals alike")
 FIX = {
     "bytes_per_pixel": "file size per pixel follows how compressible the content is (smooth or noisy images), "
                        "so with the same format and quality in every class it is the pixels talking, which "
                        "jpeg_align cannot remove; if the encoders differ, set preprocess.jpeg_align",
-    "width": "preprocess.resize: crop keeps native pixels where images are large enough, but sizes that differ "
-             "per class stay visible: sample or resize the classes' originals alike",
-    "height": "preprocess.resize: crop keeps native pixels where images are large enough, but sizes that differ "
-              "per class stay visible: sample or resize the classes' originals alike",
+    "width": SIZE_FIX,
+    "height": SIZE_FIX,
 }
-DEFAULT_FIX = "set preprocess.jpeg_align (e.g. 96) so every image of every class is re-encoded alike"
+DEFAULT_FIX = ("a detector can learn the container instead of the image: set preprocess.jpeg_align (e.g. 96) so "
+               "every image of every class is re-encoded alike")
 
 
 def _ijg_table(base: np.ndarray, quality: int) -> np.ndarray:
@@ -254,8 +256,8 @@ def audit(root: Path, threshold: float = 0.75, folds: int = 5, max_per_class: in
 def warning_line(generator: str, auc: float, feature: str, feature_auc: float, threshold: float) -> str:
     """The one line the stage and the report print for a generator whose files give its label away."""
     return (f"audit: {generator} vs REAL: file metadata alone reaches ROC-AUC {auc:.3f} (> audit.threshold "
-            f"{threshold:g}), mostly through `{feature}` (AUC {feature_auc:.3f} alone): a detector can learn the "
-            f"container instead of the image; {FIX.get(feature, DEFAULT_FIX)}")
+            f"{threshold:g}), mostly through `{feature}` (AUC {feature_auc:.3f} alone); "
+            f"{FIX.get(feature, DEFAULT_FIX)}")
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
