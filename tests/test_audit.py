@@ -68,3 +68,25 @@ def test_missing_real_is_one_clear_line(tmp_path):
     write_images(tmp_path / "raw" / "train" / "FAKE", 3)
     with pytest.raises(AigiError, match="no REAL class"):
         audit.audit(tmp_path / "raw")
+
+
+def test_the_stage_writes_its_json_and_warns_in_one_line(tmp_path, monkeypatch, capsys):
+    import json
+    import runpy
+    import sys
+
+    from conftest import ROOT
+
+    from aigi import paths
+
+    root = write_container_leak(tmp_path / "data" / "raw" / "leaky" / "images", 12, 4)
+    monkeypatch.setattr(paths, "raw_images", lambda name: tmp_path / "data" / "raw" / name / "images", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("audit: {folds: 3}\n")
+    monkeypatch.setattr(sys, "argv", ["stages/audit.py", "leaky"])
+    runpy.run_path(str(ROOT / "stages" / "audit.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "metrics" / "audit" / "leaky.json").read_text())
+    assert saved["dataset"] == "leaky" and saved["generators"]["FAKE"]["flagged"] and saved["folds"] == 3
+    assert [line for line in out.splitlines() if line.startswith("warning: audit: FAKE vs REAL")] and root.is_dir()
+    assert not list((tmp_path / "metrics" / "audit").glob("*.partial"))
