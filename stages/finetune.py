@@ -11,13 +11,13 @@ from pathlib import Path
 
 import mlflow
 
-from aigi import device, distributed, params, tracking
+from aigi import calibration, device, distributed, params, tracking
 from aigi.classes import from_manifest
 from aigi.data.store import atomic_dir, load_manifest, load_split
 from aigi.errors import exits_cleanly
 from aigi.model import save_detector, zeroshot_detector
 from aigi.paths import CHECKPOINT_DIR, MODEL_DIR, RUN_JSON, TRAIN_PLOTS, processed_dir
-from aigi.plots import write_training_curves
+from aigi.plots import write_reliability_plots, write_training_curves
 from aigi.train import Checkpoints, code_fingerprint, load_checkpoint, train
 
 CHECKPOINT = CHECKPOINT_DIR / "finetune.pt"
@@ -68,16 +68,25 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
         )
         if not world.is_main:
             return
+        # Operating point on validation: temperature scaling (folded into the head), the target-FPR threshold.
+        cal = calibration.calibrate(detector, val_images, val_table["label"].to_numpy(), p.finetune.calibration,
+                                    p.evaluate.target_fpr, p.finetune.eval_batch_size)
+        if cal["threshold_note"]:
+            print(f"warning: {cal['threshold_note']}")
         with atomic_dir(MODEL_DIR) as out:
             save_detector(detector, out, {
                 "arch": p.model.arch, "pretrained": p.model.pretrained, "method": p.finetune.method,
                 "display_names": from_manifest(manifest)[1], "prompts": prompts, "best_epoch": result.best_epoch,
                 "wise_alpha": p.finetune.wise_alpha,
+                "resize": manifest["resize"], "jpeg_align": manifest["jpeg_align"],
+                **{k: cal[k] for k in ("temperature", "threshold", "target_fpr", "calibration")},
             })
         tracking.write_run_file(RUN_JSON, mlrun.info.run_id)  # beside the model: same weights, same DVC hash
         write_training_curves(TRAIN_PLOTS, result.history)
+        write_reliability_plots(TRAIN_PLOTS, cal["reliability"], "validation, before/after temperature")
         mlflow.log_metrics({"best_epoch": result.best_epoch, "stopped_early": float(result.stopped_early),
-                            **{f"final_{k}": v for k, v in result.final_val.items()}})
+                            **{f"final_{k}": v for k, v in result.final_val.items()},
+                            **calibration.mlflow_metrics(cal)})
         mlflow.log_artifacts(str(MODEL_DIR), "finetuned")
         mlflow.log_artifacts(str(TRAIN_PLOTS), "plots/train")
     CHECKPOINT.unlink(missing_ok=True)  # a finished stage leaves only its declared outs

@@ -115,3 +115,25 @@ def test_wide_photo_is_cropped_not_squashed():
     out = to_model_input([wide], 30)[0]
     # Squashing would make the outer quarters black; the crop leaves white but for the kernel's reach.
     assert out[:, 2:-2].min() == 255 and out.min() > 200
+
+
+def test_crop_copies_native_pixels_exactly_and_upsamples_small_images():
+    from aigi.data.images import model_input
+
+    big, odd, small = _rng_image(70, 90, 1), _rng_image(64, 65, 2), _rng_image(32, 48, 3)
+    out = model_input([big, odd, small], 64, resize="crop")
+    assert (out[0] == big[3:67, 13:77]).all()  # the centre 64×64, not one level changed
+    assert (out[1] == odd[:, :64]).all()
+    assert (out[2] == to_model_input([small], 64)[0]).all()  # shorter side under 64: CLIP's resize, as before
+    assert (model_input([big, small], 64) == to_model_input([big, small], 64)).all()  # default: shorter_side
+
+
+def test_jpeg_align_re_encodes_before_the_resize():
+    from aigi.data.images import jpeg_align, model_input
+
+    img = _rng_image(40, 40, 4)
+    aligned = jpeg_align(img, 70)
+    assert aligned.shape == img.shape and not (aligned == img).all()
+    assert (jpeg_align(aligned, 70).astype(int) - aligned).std() < (aligned.astype(int) - img).std()  # near-idempotent
+    assert (model_input([img], 32, "shorter_side", 70) == to_model_input([aligned], 32)).all()
+    assert (model_input([img], 32, "crop", 70) == aligned[4:36, 4:36]).all()

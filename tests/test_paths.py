@@ -37,7 +37,8 @@ def test_every_path_paths_names_is_tracked_by_dvc():
     named = {name: value for name, value in vars(paths).items()
              if isinstance(value, Path) and not name.startswith("_") and name not in NOT_TRACKED}
     named |= {f"{f.__name__}('cifake')": f("cifake")
-              for f in (paths.raw_dir, paths.raw_images, paths.source_json, paths.processed_dir, paths.test_set_plots)}
+              for f in (paths.raw_dir, paths.raw_images, paths.source_json, paths.processed_dir, paths.test_set_plots,
+                            paths.audit_metrics)}
     assert len(named) > 20
     untracked = sorted(name for name, path in named.items() if not tracked(path, patterns))
     assert not untracked, f"paths.py names paths no dvc.yaml stage has as out or dep: {untracked}"

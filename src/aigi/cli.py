@@ -96,9 +96,10 @@ def _predict(args: argparse.Namespace) -> int:
     files = expand(args.paths)
     detector = load_model(args.model, args.device)
     threshold = args.threshold
-    if threshold is None:
+    if threshold is None:  # the model's own (finetune, evaluate.target_fpr), else the project's evaluate.threshold
         project = _project_params()
-        threshold = project.evaluate.threshold if project else 0.5
+        threshold = detector.threshold if detector.threshold is not None else (
+            project.evaluate.threshold if project else 0.5)
     explain = Path(args.explain) if args.explain else None
     rows = progress(predict_paths(detector, files, args.batch_size, threshold, args.max_pixels, explain),
                     total=len(files), desc="predict", unit="img", file=sys.stderr)
@@ -159,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--output", "-o", help="write here instead of standard output")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threshold", type=float, help="P(fake) at or above this is FAKE "
-                   "(default: evaluate.threshold of the project's params.yaml, else 0.5)")
+    p.add_argument("--threshold", type=float, help="P(fake) at or above this is FAKE (default: the threshold saved "
+                   "with the model for evaluate.target_fpr, else evaluate.threshold of the project's params.yaml, "
+                   "else 0.5)")
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help="refuse larger images (decompression bombs)")
     p.add_argument("--explain", metavar="DIR", help="also write a Grad-CAM PNG per readable image into DIR "

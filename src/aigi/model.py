@@ -181,6 +181,10 @@ class Detector(nn.Module):
         use_sdpa(clip)
         self.fused_normalisation = fuse_normalisation(clip.visual, self.mean, self.std)
         self._inference: dict[tuple, nn.Module] = {}
+        # As saved with the model (detector.json): how an image reaches the input (the keyword arguments of
+        # aigi.data.images.model_input) and the decision threshold chosen in finetune (None: evaluate.threshold).
+        self.input_transform: dict[str, Any] = {"resize": "shorter_side", "jpeg_quality": None}
+        self.threshold: float | None = None
 
     def normalise(self, pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 NHWC -> the float NCHW the image tower takes, on the model's device (the only place this
@@ -346,4 +350,10 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> tup
     clip = open_clip.create_model(ident, device=device)  # safetensors: no code runs on load
     detector = Detector(clip, model_cfg, meta["classes"], open_clip.get_tokenizer(ident)).to(device)
     detector.head.load_state_dict(load_file(folder / "head.safetensors", device=str(device)))
+    if meta.get("temperature"):  # temperature scaling fitted in finetune (aigi.calibration): logits / T
+        with torch.no_grad():
+            detector.head.weight.div_(meta["temperature"])
+            detector.head.bias.div_(meta["temperature"])
+    detector.input_transform = {"resize": meta.get("resize", "shorter_side"), "jpeg_quality": meta.get("jpeg_align")}
+    detector.threshold = meta.get("threshold")
     return detector.eval(), meta

@@ -118,6 +118,14 @@ class DatasetParams(Section):
         return self
 
 
+class AuditParams(Section):
+    """The shortcut audit (src/aigi/audit.py): a classifier on file metadata only, per generator vs REAL."""
+
+    threshold: Annotated[float, Field(gt=0.5, lt=1)] = 0.75  # metadata ROC-AUC above this: a one-line warning
+    folds: Annotated[int, Field(ge=2, le=20)] = 5  # stratified cross-validation folds
+    max_images_per_class: PerClass = 2000  # seeded sample of each class's files (both splits); `all` reads every one
+
+
 class PreprocessParams(Section):
     train_per_class: PerClass = 8000
     test_per_class: PerClass = 2000
@@ -127,6 +135,8 @@ class PreprocessParams(Section):
     chunk_size: Annotated[int, Field(gt=0)] = 1024
     workers: Annotated[int, Field(ge=0)] = 0  # 0 = all cores
     max_image_pixels: Annotated[int, Field(gt=0)] = MAX_IMAGE_PIXELS  # decompression-bomb guard
+    jpeg_align: Annotated[int, Field(ge=1, le=100)] | None = None  # re-encode every image as JPEG at this quality
+    resize: Literal["shorter_side", "crop"] = "shorter_side"  # crop: native centre S×S where the image is large enough
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "model_configs"  # aigi-tiny and the project's other model configs
@@ -225,6 +235,21 @@ class ZeroshotParams(Section):
         return v
 
 
+class AugmentParams(Section):
+    """Robustness augmentation of training batches (src/aigi/augment.py); a range as [low, high], null = off."""
+
+    p: Annotated[float, Field(ge=0, le=1)] = 0.5  # each image: blurred with this probability, then JPEG'd with it
+    blur_sigma: tuple[Annotated[float, Field(ge=0, le=10)], Annotated[float, Field(ge=0, le=10)]] | None = (0.0, 3.0)
+    jpeg_quality: tuple[Annotated[int, Field(ge=1, le=100)], Annotated[int, Field(ge=1, le=100)]] | None = (30, 100)
+
+    @field_validator("blur_sigma", "jpeg_quality")
+    @classmethod
+    def _low_high(cls, v):
+        if v is not None and v[0] > v[1]:
+            raise ValueError(f"needs [low, high] with low <= high, got {list(v)}")
+        return v
+
+
 class FinetuneParams(Section):
     method: Literal[METHOD_NAMES] = "contrastive"  # the rows of aigi.methods.METHODS
     epochs: Annotated[int, Field(gt=0)] = 5
@@ -241,6 +266,8 @@ class FinetuneParams(Section):
     lock_text: bool = False  # contrastive: keep the text tower (class prompt embeddings) fixed
     wise_alpha: Annotated[float, Field(ge=0, le=1)] = 1.0  # WiSE-FT weight of the fine-tuned model; 1 = off
     compile: bool | Literal["auto"] = "auto"  # torch.compile the training forward; auto: on for CUDA, off for CPU
+    calibration: Literal["temperature", "none"] = "temperature"  # temperature scaling fitted on validation
+    augment: AugmentParams | None = None  # blur + JPEG of a random share of each batch (Wang et al. 2020); null = off
 
     @model_validator(mode="after")
     def _method_knobs(self) -> FinetuneParams:
@@ -263,6 +290,7 @@ class RobustnessParams(Section):
 class EvaluateParams(Section):
     test_on: list[DatasetName] = Field(default_factory=list)  # more test sets; train_on's own test is always scored
     threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    target_fpr: Annotated[float, Field(gt=0, lt=1)] | None = None  # FPR budget: threshold chosen on validation
     unseen_generators: list[ClassName] = Field(default_factory=list)  # held out of train/val, tested apart
     bootstrap_samples: Annotated[int, Field(ge=0)] = 1000  # 0 = no confidence intervals
     batch_size: Annotated[int, Field(gt=0)] = 256
@@ -305,6 +333,7 @@ class Params(Section):
     seed: Annotated[int, Field(ge=0)] = 42
     train_on: DatasetName = "cifake"  # the dataset whose train split trains; its test split is the main test
     datasets: dict[DatasetName, DatasetParams] = Field(default_factory=lambda: {"cifake": DatasetParams()})
+    audit: AuditParams = AuditParams()
     preprocess: PreprocessParams = PreprocessParams()
     model: ModelParams = ModelParams()
     zeroshot: ZeroshotParams = ZeroshotParams()

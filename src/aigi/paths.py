@@ -40,6 +40,11 @@ def processed_dir(dataset: str) -> Path:
     return _PROCESSED / dataset
 
 
+def audit_metrics(dataset: str) -> Path:
+    """The audit@<dataset> stage's out: what the files' metadata alone says about their labels."""
+    return _METRICS / "audit" / f"{dataset}.json"
+
+
 def test_set_plots(dataset: str) -> Path:
     """The test@<dataset> stage's plots: `{finetuned,zeroshot}/` with ROC, PR, confusion and predictions.csv."""
     return _PLOTS / "test" / dataset

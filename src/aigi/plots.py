@@ -126,4 +126,27 @@ def write_generalisation_heatmap(path: Path, sets: Sequence[str], columns: Seque
         ax.set_yticklabels(sets if ax is axes[0][0] else [])  # the same rows: named once, on the left
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def write_reliability_plots(folder: Path, curves: dict[str, dict[str, list]], title: str) -> None:
+    """Reliability diagrams: `reliability_<name>.csv` per curve (bin, confidence, accuracy, count; a DVC plot
+    of accuracy against confidence) and `reliability.png` (every curve against the diagonal, counts below).
+
+    `curves`: name (e.g. before / after temperature scaling, zero-shot / fine-tuned) -> the bins of
+    `aigi.calibration.reliability_bins`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", label="perfectly calibrated")
+    for i, (name, bins) in enumerate(curves.items()):
+        frame = pd.DataFrame(bins, columns=["bin", "confidence", "accuracy", "count"])
+        frame.to_csv(folder / f"reliability_{name}.csv", index=False)
+        ax.plot(frame["confidence"], frame["accuracy"], marker="o", c=f"C{i}", label=name)
+        counts.bar(frame["confidence"] + (i - (len(curves) - 1) / 2) * 0.012, frame["count"], width=0.012,
+                   color=f"C{i}")
+    lo = min((min(b["confidence"]) for b in curves.values() if b["confidence"]), default=0.5)
+    ax.set(xlim=(min(lo, 0.5) - 0.02, 1.01), ylim=(0, 1.02), ylabel="accuracy", title=f"reliability ({title})")
+    ax.legend(fontsize=8, loc="upper left")
+    counts.set(xlabel="confidence of the decided class", ylabel="images")
+    fig.tight_layout()
+    fig.savefig(folder / "reliability.png", dpi=100)
     plt.close(fig)

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aigi.classes import DETECTION, p_fake
-from aigi.data.images import BadImage, decode_images, is_image_file, to_model_tensor
+from aigi.data.images import BadImage, decode_images, is_image_file, model_input
 from aigi.errors import AigiError
 from aigi.inference import class_probs
 from aigi.model import Detector
@@ -57,7 +57,7 @@ def predict_images(
         decoded = [(item, None, str(r)) if isinstance(r, BadImage) else (item, r, "")
                    for item, r in zip(chunk, results, strict=True)]
         good = [img for _, img, _ in decoded if img is not None]
-        pixels = to_model_tensor(good, detector.image_size, device)
+        pixels = model_input(good, detector.image_size, **detector.input_transform, device=device)  # as in training
         probs = iter(class_probs(detector, pixels, batch_size) if good else ())
         if explain is None:
             for item, img, err in decoded:

@@ -3,8 +3,9 @@
 Perturbations act on the images as stored in `data/raw` (32×32 for CIFAKE), before the resize to the
 model's input, the way a re-shared or re-compressed image reaches a detector: JPEG re-encoding at a
 quality, Gaussian blur of a standard deviation (in original pixels), and shrinking by a factor then
-enlarging back (bicubic both ways). Each one is then resized by `to_model_tensor` (the matrices
-preprocess and `aigi predict` use) on the detector's device, and scored by the same inference path.
+enlarging back (bicubic both ways). Each one then reaches the model's input by `model_input` with the
+model's saved transform (JPEG alignment, resize mode), as in preprocess and `aigi predict`, on the
+detector's device, and is scored by the same inference path.
 
 Where each runs: rescale is the shared PIL-exact resize matrices (`images.resample`), batched on the
 detector's device (GPU or CPU alike). JPEG and blur stay PIL on the CPU: nvJPEG's encoder
@@ -27,7 +28,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from aigi import metrics
-from aigi.data.images import BadImage, load_rgb, resample, to_model_tensor
+from aigi.data.images import BadImage, load_rgb, model_input, resample
 from aigi.errors import AigiError
 from aigi.inference import predict_proba
 from aigi.model import Detector
@@ -126,7 +127,8 @@ def evaluate_robustness(
         for start in range(0, len(files), chunk):
             originals = [_load_original(raw_root, f, max_pixels) for f in files[start : start + chunk]]
             for pert in perts:
-                pixels = to_model_tensor(perturbed(pert, originals, device), detector.image_size, device)
+                pixels = model_input(perturbed(pert, originals, device), detector.image_size,
+                                     **detector.input_transform, device=device)
                 p_fake[pert.name][start : start + len(originals)] = predict_proba(detector, pixels, batch_size)
                 bar.update(len(originals))
     return {

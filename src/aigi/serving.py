@@ -6,7 +6,8 @@ disk because a request says so: file paths are accepted only when the process th
 sets `AIGI_SERVE_ALLOWED_ROOT` to a folder, and then only for files under it (symlinks resolved).
 Output: `p_fake` and `label` per row, and for a model with several generators also `generator` and
 `p_<CLASS>` per class (`aigi.predict.output_columns`); the decision threshold is a
-predict-time param whose default is `evaluate.threshold`. The model's artifacts are the folder
+predict-time param whose default is the one saved with the model (chosen in finetune for
+`evaluate.target_fpr`), else `evaluate.threshold`. The model's artifacts are the folder
 `save_detector` wrote (safetensors and JSON, nothing pickled); `load_context` loads it with
 `load_detector`, and the `aigi` package travels with the model as code, so `--env-manager local`
 serving needs only the libraries.
@@ -29,6 +30,7 @@ import pandas as pd
 from PIL import Image
 
 import aigi
+from aigi.calibration import decision_threshold
 from aigi.classes import DETECTION
 from aigi.data.images import BadImage, load_rgb
 from aigi.errors import AigiError, one_line
@@ -107,7 +109,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             raise mlflow.exceptions.MlflowException.invalid_parameter_value(
                 f"input needs a column '{INPUT_COLUMN}' (image bytes or base64); got {list(frame.columns)}"
             )
-        threshold = float((params or {}).get("threshold", 0.5))
+        threshold = float((params or {}).get("threshold", decision_threshold(self.detector.threshold, 0.5)))
         rows = list(predict_images(self.detector, list(frame[INPUT_COLUMN]),
                                    lambda v: decode_cell(v, self.root), batch_size=64))
         errors = [f"row {i}: {err}" for i, (_, p, err) in enumerate(rows) if p is None]
@@ -143,6 +145,11 @@ def saved_classes(model_dir: Path) -> list[str]:
     return json.loads((Path(model_dir) / "detector.json").read_text()).get("classes") or list(DETECTION)
 
 
+def saved_threshold(model_dir: Path) -> float | None:
+    """The decision threshold chosen in finetune for evaluate.target_fpr, or None (then evaluate.threshold)."""
+    return json.loads((Path(model_dir) / "detector.json").read_text()).get("threshold")
+
+
 def requirements() -> list[str]:
     out = []
     for dist in REQUIREMENTS:
@@ -154,6 +161,7 @@ def requirements() -> list[str]:
 
 
 WEIGHTS_TAG = "weights_sha256"  # on each registered version: the model files it holds
+THRESHOLD_TAG = "decision_threshold"  # ... and its default decision threshold
 
 
 def weights_sha256(model_dir: Path) -> str:
@@ -183,17 +191,19 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
     existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(WEIGHTS_TAG) == key]
     if existing:
         return min(existing, key=lambda v: int(v.version))
+    threshold = decision_threshold(saved_threshold(model_dir), params.evaluate.threshold)  # the signature's default
     info = mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
         artifacts={ARTIFACT: str(Path(model_dir).resolve())},
         code_paths=[str(Path(aigi.__file__).parent)],
-        signature=signature(params.evaluate.threshold, saved_classes(model_dir)),
+        signature=signature(threshold, saved_classes(model_dir)),
         input_example=pd.DataFrame({INPUT_COLUMN: [example_png()]}),
         pip_requirements=requirements(),
         registered_model_name=name,
     )
     client.set_model_version_tag(name, info.registered_model_version, WEIGHTS_TAG, key)
+    client.set_model_version_tag(name, info.registered_model_version, THRESHOLD_TAG, str(threshold))
     client.set_registered_model_alias(name, alias, info.registered_model_version)
     return client.get_model_version(name, info.registered_model_version)
 

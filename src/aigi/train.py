@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigi import distributed
+from aigi import augment, distributed
 from aigi.device import autocast, maybe_resident, use_compile
 from aigi.distributed import SINGLE, World
 from aigi.errors import AigiError, one_line
@@ -496,6 +496,7 @@ def train_one_epoch(model: nn.Module, state: TrainState, data: tuple[np.ndarray,
     for micro, (x, y) in enumerate(batches(images, labels, cfg.batch_size, order, device), start=1):
         if cfg.augment_flip:
             x = flip_half(x, flips)
+        x = augment.apply(x, cfg.augment, flips)  # finetune.augment: blur and JPEG; nothing when null
         step_now = micro % cfg.grad_accum_steps == 0 or micro == micro_batches
         group = accumulation_group_size(micro, micro_batches, cfg.grad_accum_steps)
         sync = model.no_sync() if world.distributed and not step_now else contextlib.nullcontext()

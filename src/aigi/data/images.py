@@ -295,3 +295,63 @@ def _decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch
             except RuntimeError:
                 out.append(None)
         return out
+
+
+# ---- the preprocess mitigations (preprocess.jpeg_align, preprocess.resize), saved with the model ------------
+
+RESIZE_MODES = ("shorter_side", "crop")
+CROP = "native pixels: the centre S×S of images at least S on each side; smaller ones as shorter_side"
+
+
+def jpeg_align(img: np.ndarray, quality: int) -> np.ndarray:
+    """Re-encode an RGB image as JPEG at `quality` and decode it again (PIL, 4:2:0 as libjpeg's default).
+
+    Applied to every image of every class before the resize, it leaves the container nothing to say:
+    a PNG and a JPEG of the same scene come out as the same kind of JPEG.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    with Image.open(buf) as out:
+        return np.array(out.convert("RGB"), dtype=np.uint8)
+
+
+def centre_crop(img: np.ndarray | torch.Tensor, size: int) -> np.ndarray | torch.Tensor:
+    """The centre size×size pixels of an image at least `size` on each side, copied as they are."""
+    h, w = img.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    crop = img[top : top + size, left : left + size]
+    return np.ascontiguousarray(crop) if isinstance(crop, np.ndarray) else crop
+
+
+def _host(img: np.ndarray | torch.Tensor) -> np.ndarray:
+    return img.cpu().numpy() if isinstance(img, torch.Tensor) else img
+
+
+def model_input(images: Sequence[np.ndarray | torch.Tensor], size: int, resize: str = "shorter_side",
+                jpeg_quality: int | None = None, device: torch.device | None = None) -> np.ndarray | torch.Tensor:
+    """Decoded RGB images -> N×size×size×3 uint8 as the model saw them in training (its saved transform):
+    a tensor on `device` when given (the resize runs there), else a numpy array.
+
+    `jpeg_quality` (preprocess.jpeg_align): re-encode each image as JPEG first. `resize`: `shorter_side`
+    is `to_model_tensor` (CLIP's transform); `crop` takes the centre size×size at native resolution
+    from images at least `size` on each side (no resampling, so high-frequency traces survive) and
+    brings smaller ones up by `to_model_tensor`.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if jpeg_quality is not None:
+        images = [jpeg_align(_host(img), jpeg_quality) for img in images]
+    on = device if device is not None else torch.device("cpu")
+    large = [i for i, img in enumerate(images) if min(img.shape[:2]) >= size] if resize == "crop" else []
+    if not large:
+        out = to_model_tensor(images, size, on)
+    else:
+        out = torch.empty((len(images), size, size, 3), dtype=torch.uint8, device=on)
+        for i in large:
+            out[i] = _tensor(centre_crop(images[i], size)).to(on)
+        small = sorted(set(range(len(images))) - set(large))
+        if small:
+            out[small] = to_model_tensor([images[i] for i in small], size, on)
+    return out if device is not None else out.numpy()
+
+

@@ -32,7 +32,15 @@ import pandas as pd
 import torch
 
 from aigi.classes import REAL, alias, real_first
-from aigi.data.images import INTERPOLATION, BadImage, is_image_file, load_rgb, to_model_input
+from aigi.data.images import (
+    CROP,
+    INTERPOLATION,
+    BadImage,
+    is_image_file,
+    jpeg_align,
+    load_rgb,
+    model_input,
+)
 from aigi.data.store import ArrayWriter, RowFile, atomic_dir, sha256_file
 from aigi.errors import AigiError
 from aigi.params import PreprocessParams
@@ -108,13 +116,14 @@ def _hash_files(paths: list[str]) -> list[str]:
     return [sha256_file(Path(p)) for p in paths]
 
 
-def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[tuple[str, int, int]], list[bytes]]:
-    """Worker: decode, resize and write one chunk of files, good ones contiguous from row `start`.
+def _process_chunk(job: tuple[list[str], int, RowFile, int, int, str, int | None]
+                   ) -> tuple[list[tuple[str, int, int]], list[bytes]]:
+    """Worker: decode, align, resize and write one chunk of files, good ones contiguous from row `start`.
 
     Returns per file (why it was skipped or "", original width, height); and the SHA-256 of each
     written row, in order.
     """
-    paths, start, rows, image_size, max_pixels = job
+    paths, start, rows, image_size, max_pixels, resize, jpeg_quality = job
     status: list[tuple[str, int, int]] = []
     good: list[np.ndarray] = []
     for p in paths:
@@ -125,12 +134,14 @@ def _process_chunk(job: tuple[list[str], int, RowFile, int, int]) -> tuple[list[
             continue
         h, w = img.shape[:2]
         status.append(("", w, h))
+        if jpeg_quality is not None:  # preprocess.jpeg_align: every image re-encoded alike, before the resize
+            img = jpeg_align(img, jpeg_quality)
         if (h, w) != NATIVE_SIZE:  # odd sizes resized now: a chunk of large photos would not fit in RAM
-            img = to_model_input([img], image_size)[0]
+            img = model_input([img], image_size, resize)[0]
         good.append(img)
     digests = []
     for i in range(0, len(good), RESIZE_BATCH):
-        batch = to_model_input(good[i : i + RESIZE_BATCH], image_size)
+        batch = model_input(good[i : i + RESIZE_BATCH], image_size, resize)
         rows.write(start + i, batch)
         digests += [hashlib.sha256(row).digest() for row in batch]
     return status, digests
@@ -325,7 +336,9 @@ def run(raw: Path, dest: Path, params: PreprocessParams, seed: int, image_size: 
             "dataset": dataset,
             "role": role,
             "image_size": image_size,
-            "interpolation": INTERPOLATION,
+            "interpolation": INTERPOLATION if params.resize == "shorter_side" else CROP,
+            "resize": params.resize,  # preprocess.resize and .jpeg_align: saved with the model, so predict
+            "jpeg_align": params.jpeg_align,  # and serving bring images to the input exactly the same way
             "seed": seed,
             "classes": split_plan.classes,
             "class_aliases": class_aliases,
@@ -403,8 +416,8 @@ def _write_split(split, items, raw, out, params, image_size, pool, workers, skip
     found, classes = split_plan.found_classes, split_plan.classes
     writer = ArrayWriter(out / f"{split}.npy", len(items), (image_size, image_size, 3))
     chunks = _chunks(items, workers, params.chunk_size)
-    jobs = [([str(raw / c.file) for c in chunk], start, writer.rows, image_size, params.max_image_pixels)
-            for start, chunk in chunks]
+    jobs = [([str(raw / c.file) for c in chunk], start, writer.rows, image_size, params.max_image_pixels,
+             params.resize, params.jpeg_align) for start, chunk in chunks]
     rows: list[Candidate] = []
     dims = np.zeros((len(items), 2), dtype=np.int32)  # original width, height of each written row
     skipped_per_class: Counter[str] = Counter()
