@@ -4,9 +4,12 @@ Input: a DataFrame with an `image` column whose cells are raw image bytes or bas
 encoded file (what a JSON request to `mlflow models serve` carries). A server never reads its own
 disk because a request says so: file paths are accepted only when the process that loads the model
 sets `AIGI_SERVE_ALLOWED_ROOT` to a folder, and then only for files under it (symlinks resolved).
-Output: `p_fake` and `label` per row, and for a model with several generators also `generator` and
-`p_<CLASS>` per class (`aigi.predict.output_columns`); the decision threshold is a
-predict-time param whose default is `evaluate.threshold`. The model's artifacts are the folder
+Output: one row per input row: `p_fake` and `label`, and for a model with several generators also
+`generator` and `p_<CLASS>` per class (`aigi.predict.output_columns`), then `error`. A cell that is not a
+readable image is answered in its own row (its scores null, `error` says why) and the other rows are
+scored; only a request malformed as a whole (no `image` column, not a table) is refused, in one line
+that does not repeat the input. The decision threshold is a predict-time param whose default is
+`evaluate.threshold`. The model's artifacts are the folder
 `save_detector` wrote (safetensors and JSON, nothing pickled); `load_context` loads it with
 `load_detector`, and the `aigi` package travels with the model as code, so `--env-manager local`
 serving needs only the libraries.
@@ -38,6 +41,7 @@ from aigi.predict import answer, output_columns, predict_images
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs, not a terminal
 import mlflow
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 INPUT_COLUMN = "image"
 ARTIFACT = "detector"
@@ -91,6 +95,55 @@ def decode_cell(value: Any, root: Path | None = None) -> np.ndarray:
     return load_rgb(data, MAX_IMAGE_PIXELS)
 
 
+ERROR_COLUMN = "error"  # per row: why that cell could not be scored; empty (null) for a scored row
+
+
+class RequestRefused(mlflow.exceptions.MlflowException):
+    """A request malformed as a whole: HTTP 400 with this one line. MLflow's scoring server rewrites the
+    `message` of an exception raised by predict to repeat the whole input (the base64 of every image);
+    this class keeps the line as written."""
+
+    def __init__(self, line: str) -> None:
+        self._line = line
+        super().__init__(line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, value: str) -> None:  # the server's rewrite is ignored on purpose
+        pass
+
+
+def as_frame(model_input: Any) -> pd.DataFrame:
+    """The request as a table with an `image` column, or `RequestRefused` naming what is wrong (never its content)."""
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, dict):
+        try:
+            frame = pd.DataFrame(model_input)
+        except (ValueError, TypeError):
+            raise RequestRefused(f"input columns must be of equal length; give a table with a column "
+                                 f"'{INPUT_COLUMN}' of image bytes or base64") from None
+    else:
+        raise RequestRefused(f"input must be a table with a column '{INPUT_COLUMN}' (image bytes or base64), "
+                             f"not {type(model_input).__name__}")
+    if INPUT_COLUMN not in frame.columns:
+        raise RequestRefused(f"input needs a column '{INPUT_COLUMN}' (image bytes or base64); the request has none")
+    return frame
+
+
+def answers(classes: list[str], rows: list[tuple], threshold: float) -> pd.DataFrame:
+    """`predict_images` rows -> the output table: one row each, a failed one with null scores and its error."""
+    columns = [*output_columns(classes), ERROR_COLUMN]
+    out = pd.DataFrame([answer(classes, p, threshold) | {ERROR_COLUMN: None} if p is not None
+                        else {ERROR_COLUMN: err} for _, p, err in rows], columns=columns, index=range(len(rows)))
+    if out[ERROR_COLUMN].notna().any():  # null, not NaN, in the failed rows: NaN is not valid JSON
+        out = out.astype(object).where(out.notna(), None)
+    return out
+
+
 class DetectorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a saved detector folder (the `detector` artifact)."""
 
@@ -102,20 +155,11 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         self.root = allowed_root()
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if INPUT_COLUMN not in frame.columns:
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value(
-                f"input needs a column '{INPUT_COLUMN}' (image bytes or base64); got {list(frame.columns)}"
-            )
+        frame = as_frame(model_input)
         threshold = float((params or {}).get("threshold", 0.5))
         rows = list(predict_images(self.detector, list(frame[INPUT_COLUMN]),
                                    lambda v: decode_cell(v, self.root), batch_size=64))
-        errors = [f"row {i}: {err}" for i, (_, p, err) in enumerate(rows) if p is None]
-        if errors:
-            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise mlflow.exceptions.MlflowException.invalid_parameter_value("; ".join(errors[:3]) + more)
-        classes = self.detector.classes
-        return pd.DataFrame([answer(classes, p, threshold) for _, p, _ in rows], columns=output_columns(classes))
+        return answers(self.detector.classes, rows, threshold)
 
 
 def example_png() -> str:
@@ -132,9 +176,11 @@ def signature(threshold: float, classes: list[str]) -> Any:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+        # optional: a request without it reaches predict, which refuses it in one line (MLflow's own
+        # schema check would answer with the whole payload)
+        inputs=Schema([ColSpec("string", INPUT_COLUMN, required=False)]),
         outputs=Schema([ColSpec("string" if c in ("label", "generator") else "double", c)
-                        for c in output_columns(classes)]),
+                        for c in output_columns(classes)] + [ColSpec("string", ERROR_COLUMN, required=False)]),
         params=ParamSchema([ParamSpec("threshold", "double", threshold)]),
     )
 
