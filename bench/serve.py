@@ -173,7 +173,7 @@ def main() -> None:
                         problem = f"HTTP {status}: {answer[:300]!r}"
                     else:
                         rows = json.loads(answer, parse_constant=lambda c: None)["predictions"]
-                        marked = [r.get("error") is not None and r["p_fake"] is None for r in rows]
+                        marked = [bool(r.get("error")) and r["p_fake"] is None for r in rows]
                         if marked != list(broken):
                             problem = f"rows do not match the request: {rows[:3]}"
                     with lock:

@@ -6,7 +6,7 @@ disk because a request says so: file paths are accepted only when the process th
 sets `AIGI_SERVE_ALLOWED_ROOT` to a folder, and then only for files under it (symlinks resolved).
 Output: one row per input row: `p_fake` and `label`, and for a model with several generators also
 `generator` and `p_<CLASS>` per class (`aigi.predict.output_columns`), then `error`. A cell that is not a
-readable image is answered in its own row (its scores null, `error` says why) and the other rows are
+readable image is answered in its own row (scores null, `label` empty, `error` says why), the others are
 scored; only a request malformed as a whole (no `image` column, not a table) is refused, in one line
 that does not repeat the input. The decision threshold is a predict-time param whose default is
 `evaluate.threshold`. The model's artifacts are the folder
@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,31 @@ def decode_cell(value: Any, root: Path | None = None) -> np.ndarray:
     return load_rgb(data, MAX_IMAGE_PIXELS)
 
 
-ERROR_COLUMN = "error"  # per row: why that cell could not be scored; empty (null) for a scored row
+_LOADED: dict[tuple, tuple[Any, dict[str, Any]]] = {}  # this process's detectors, by folder and file stamps
+
+
+def cached_detector(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """`load_detector(folder)`, once per process for the same files: a Spark executor's Python worker runs
+    one task per partition and `mlflow.pyfunc.spark_udf` loads the model in each; the weights are read
+    and built once. Says on stderr when it loads (the executors' log), so loads can be counted."""
+    import time
+
+    from aigi import device
+    from aigi.model import load_detector
+
+    folder = folder.resolve()
+    stamps = tuple(sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                          for f in folder.rglob("*") if f.is_file()))
+    key = (str(folder), stamps)
+    if key not in _LOADED:
+        start = time.perf_counter()
+        _LOADED[key] = load_detector(folder, device.resolve("auto"))
+        print(f"aigi: loaded the detector from {folder} in {time.perf_counter() - start:.2f} s (pid {os.getpid()})",
+              file=sys.stderr, flush=True)
+    return _LOADED[key]
+
+
+ERROR_COLUMN = "error"  # per row: why that cell could not be scored; empty for a scored row
 
 
 class RequestRefused(mlflow.exceptions.MlflowException):
@@ -135,12 +160,18 @@ def as_frame(model_input: Any) -> pd.DataFrame:
 
 
 def answers(classes: list[str], rows: list[tuple], threshold: float) -> pd.DataFrame:
-    """`predict_images` rows -> the output table: one row each, a failed one with null scores and its error."""
+    """`predict_images` rows -> the output table, one row each. A failed row has null scores, empty text
+    columns and its reason in `error`; a scored row has an empty `error` (empty, not null, in the text
+    columns: `mlflow.pyfunc.spark_udf` would turn a null into the text "None")."""
     columns = [*output_columns(classes), ERROR_COLUMN]
-    out = pd.DataFrame([answer(classes, p, threshold) | {ERROR_COLUMN: None} if p is not None
+    out = pd.DataFrame([answer(classes, p, threshold) | {ERROR_COLUMN: ""} if p is not None
                         else {ERROR_COLUMN: err} for _, p, err in rows], columns=columns, index=range(len(rows)))
-    if out[ERROR_COLUMN].notna().any():  # null, not NaN, in the failed rows: NaN is not valid JSON
-        out = out.astype(object).where(out.notna(), None)
+    for column in columns:
+        if out[column].dtype.kind == "f":
+            if out[column].isna().any():  # null, not NaN: NaN is not valid JSON
+                out[column] = out[column].astype(object).where(out[column].notna(), None)
+        else:
+            out[column] = out[column].fillna("")
     return out
 
 
@@ -148,10 +179,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper of a saved detector folder (the `detector` artifact)."""
 
     def load_context(self, context: Any) -> None:
-        from aigi import device
-        from aigi.model import load_detector
-
-        self.detector, self.meta = load_detector(context.artifacts[ARTIFACT], device.resolve("auto"))
+        self.detector, self.meta = cached_detector(Path(context.artifacts[ARTIFACT]))
         self.root = allowed_root()
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
@@ -199,6 +227,25 @@ def requirements() -> list[str]:
     return out
 
 
+def pyfunc_arguments(model_dir: Path, threshold: float) -> dict[str, Any]:
+    """What `mlflow.pyfunc.log_model` and `save_model` take to make the pyfunc model of a saved detector folder."""
+    return {
+        "python_model": str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
+        "artifacts": {ARTIFACT: str(Path(model_dir).resolve())},
+        "code_paths": [str(Path(aigi.__file__).parent)],
+        "signature": signature(threshold, saved_classes(model_dir)),
+        "input_example": pd.DataFrame({INPUT_COLUMN: [example_png()]}),
+        "pip_requirements": requirements(),
+    }
+
+
+def save_pyfunc(model_dir: Path, dest: Path, threshold: float) -> Path:
+    """The pyfunc model of a saved detector folder, written to `dest` (not logged anywhere): what
+    `aigi predict --spark` hands to `mlflow.pyfunc.spark_udf` for a model folder."""
+    mlflow.pyfunc.save_model(path=str(dest), **pyfunc_arguments(model_dir, threshold))
+    return dest
+
+
 WEIGHTS_TAG = "weights_sha256"  # on each registered version: the model files it holds
 
 
@@ -229,16 +276,8 @@ def log_and_register(model_dir: Path, params: Params) -> Any:
     existing = [v for v in client.search_model_versions(f"name = '{name}'") if v.tags.get(WEIGHTS_TAG) == key]
     if existing:
         return min(existing, key=lambda v: int(v.version))
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
-        artifacts={ARTIFACT: str(Path(model_dir).resolve())},
-        code_paths=[str(Path(aigi.__file__).parent)],
-        signature=signature(params.evaluate.threshold, saved_classes(model_dir)),
-        input_example=pd.DataFrame({INPUT_COLUMN: [example_png()]}),
-        pip_requirements=requirements(),
-        registered_model_name=name,
-    )
+    info = mlflow.pyfunc.log_model(name=MODEL_NAME, registered_model_name=name,
+                                   **pyfunc_arguments(model_dir, params.evaluate.threshold))
     client.set_model_version_tag(name, info.registered_model_version, WEIGHTS_TAG, key)
     client.set_registered_model_alias(name, alias, info.registered_model_version)
     return client.get_model_version(name, info.registered_model_version)
