@@ -227,14 +227,15 @@ def requirements() -> list[str]:
     return out
 
 
-def pyfunc_arguments(model_dir: Path, threshold: float) -> dict[str, Any]:
-    """What `mlflow.pyfunc.log_model` and `save_model` take to make the pyfunc model of a saved detector folder."""
+def pyfunc_arguments(model_dir: Path, threshold: float, example: bool = True) -> dict[str, Any]:
+    """What `mlflow.pyfunc.log_model` and `save_model` take to make the pyfunc model of a saved detector
+    folder. `example`: store an input example (MLflow then runs the model on it once, to validate it)."""
     return {
         "python_model": str(Path(__file__).with_name("serving_model.py")),  # models from code: no pickle
         "artifacts": {ARTIFACT: str(Path(model_dir).resolve())},
         "code_paths": [str(Path(aigi.__file__).parent)],
         "signature": signature(threshold, saved_classes(model_dir)),
-        "input_example": pd.DataFrame({INPUT_COLUMN: [example_png()]}),
+        "input_example": pd.DataFrame({INPUT_COLUMN: [example_png()]}) if example else None,
         "pip_requirements": requirements(),
     }
 
@@ -242,7 +243,7 @@ def pyfunc_arguments(model_dir: Path, threshold: float) -> dict[str, Any]:
 def save_pyfunc(model_dir: Path, dest: Path, threshold: float) -> Path:
     """The pyfunc model of a saved detector folder, written to `dest` (not logged anywhere): what
     `aigi predict --spark` hands to `mlflow.pyfunc.spark_udf` for a model folder."""
-    mlflow.pyfunc.save_model(path=str(dest), **pyfunc_arguments(model_dir, threshold))
+    mlflow.pyfunc.save_model(path=str(dest), **pyfunc_arguments(model_dir, threshold, example=False))
     return dest
 
 
