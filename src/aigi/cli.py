@@ -94,7 +94,15 @@ def _predict_on_spark(args: argparse.Namespace) -> int:
         raise AigiError("--spark writes Parquet: give -o OUT.parquet")
     if args.explain:
         raise AigiError("--explain runs without --spark only")
-    rows, failed = spark.predict(args.spark, args.model, args.paths, args.output, args.threshold, args.partitions)
+    threshold, project = args.threshold, _project_params()
+    if args.model and _is_uri(args.model):
+        from aigi import tracking
+        from aigi.params import Params
+
+        tracking.use_store(project or Params())  # models:/ and runs:/ in the project's store; its own threshold
+    elif threshold is None:
+        threshold = project.evaluate.threshold if project else 0.5
+    rows, failed = spark.predict(args.spark, args.model, args.paths, args.output, threshold, args.partitions)
     print(f"predict: {rows} files scored on {args.spark} into {args.output}"
           + (f"; {failed} could not be read (see their `error` column)" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

@@ -167,22 +167,14 @@ def write_parquet(frame: Any, output: str) -> tuple[int, int]:
 
 def predict(master: str, model: str | None, inputs: Sequence[str], output: str, threshold: float | None = None,
             partitions: int | None = None) -> tuple[int, int]:
-    """`aigi predict --spark`: scores `inputs` on `master` into Parquet at `output`; (rows, failed rows)."""
+    """`aigi predict --spark`: scores `inputs` on `master` into Parquet at `output`; (rows, failed rows).
+    `model`: an MLflow model URI (looked up in the current tracking store) or a saved model folder.
+    `threshold`: None for an MLflow model's saved one; a folder's model is saved with it (else 0.5)."""
     import mlflow
 
-    from aigi import tracking
-    from aigi.cli import _project_params
-    from aigi.params import Params
-
-    project = _project_params()
-    if model and _is_uri(model):
-        tracking.use_store(project or Params())  # models:/ and runs:/ are looked up in the project's store
-        saved = threshold  # None: the model's own
-    else:
-        saved = threshold if threshold is not None else (project.evaluate.threshold if project else 0.5)
     check_local_inputs(inputs)
     with tempfile.TemporaryDirectory(prefix="aigi-spark-") as tmp:
-        uri = pyfunc_uri(model, Path(tmp), saved)
+        uri = pyfunc_uri(model, Path(tmp), threshold)
         spark = session(master)
         try:
             try:
