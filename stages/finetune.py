@@ -1,7 +1,8 @@
 """Stage finetune: train the detector (finetune.method), save it to models/finetuned/, open its MLflow run.
 
 Resumes from models/checkpoints/finetune.pt (and into the same MLflow run) after an interruption.
-Multi-GPU: `torchrun --nproc_per_node=N stages/finetune.py`; rank 0 alone logs, checkpoints and saves.
+Multi-GPU: `torchrun --nproc_per_node=N stages/finetune.py`, or across nodes `torchrun --nnodes=M
+--rdzv-backend=c10d ...`; rank 0 alone logs, checkpoints and saves, and its checkpoint reaches the other ranks.
 """
 
 import contextlib
@@ -50,12 +51,14 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
     detector, prompts = zeroshot_detector(manifest, p.model, p.zeroshot, dev, p.seed)  # prompts: REAL first
 
     fp = fingerprint(p, world.size)
-    resume = load_checkpoint(CHECKPOINT, fp)
+    distributed.check_same(fp, "params, data or code")
+    resume = load_checkpoint(CHECKPOINT, fp) if world.is_main else None  # rank 0's path; the others get it below
     run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
     if run_id and not tracking.run_usable(p, run_id):
         print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in {tracking.tracking_uri(p)}; "
               f"training starts afresh")
         resume, run_id = None, None
+    resume = distributed.broadcast(resume)
 
     with tracking.start_training_run(p, run_id) if world.is_main else contextlib.nullcontext() as mlrun:
         def log_epoch(row: dict) -> None:

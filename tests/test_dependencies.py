@@ -23,7 +23,11 @@ def canonical(dist: str) -> str:
 
 
 def declared() -> set[str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    """The dependencies and the optional extras (e.g. `spark`: imported only inside the functions that need
+    it, which the fresh-interpreter test above checks for every module)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {}).values()
+    deps = [*project["dependencies"], *(d for extra in extras for d in extra)]
     names = set()
     for dep in deps:
         name = dep

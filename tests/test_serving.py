@@ -68,7 +68,7 @@ def test_registered_with_alias_signature_and_no_pickles(registered, tiny_model_d
     assert (local / "code" / "aigi" / "serving.py").is_file()
     assert "serving_input_example.json" in {p.name for p in local.iterdir()}
     sig = mlflow.models.get_model_info(f"models:/{NAME}@newest").signature
-    assert sig.inputs.input_names() == ["image"] and sig.outputs.input_names() == ["p_fake", "label"]
+    assert sig.inputs.input_names() == ["image"] and sig.outputs.input_names() == ["p_fake", "label", "error"]
     assert sig.params.params[0].name == "threshold" and sig.params.params[0].default == 0.4
     assert "aigi.serving_model" in mlmodel or "serving_model.py" in mlmodel
 
@@ -80,7 +80,7 @@ def test_pyfunc_predicts_png_and_jpeg_paths_bytes_and_base64(registered, tiny_mo
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
     expected = _expected(tiny_model_dir, images)
     out = model.predict(pd.DataFrame({"image": [str(f) for f in images]}))
-    assert list(out.columns) == ["p_fake", "label"]
+    assert list(out.columns) == ["p_fake", "label", "error"] and (out["error"] == "").all()
     np.testing.assert_allclose(out["p_fake"], expected, rtol=1e-5)
     assert list(out["label"]) == ["FAKE" if p >= 0.4 else "REAL" for p in expected]  # the signature's default
     raw = [f.read_bytes() for f in images]
@@ -91,15 +91,44 @@ def test_pyfunc_predicts_png_and_jpeg_paths_bytes_and_base64(registered, tiny_mo
     assert set(low["label"]) == {"FAKE"}
 
 
-def test_pyfunc_names_the_bad_rows(registered):
+def test_pyfunc_answers_every_row_and_names_the_bad_ones(registered, tiny_model_dir, images):
+    """Eight images, two of them broken: eight rows in order, the good ones scored as alone, the bad ones null
+    with their reason."""
     import mlflow
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
-    bad = base64.b64encode(b"not an image").decode()
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 1: not a recognised image format"):
-        model.predict(pd.DataFrame({"image": [serving.example_png(), bad]}))
-    with pytest.raises(mlflow.exceptions.MlflowException, match=r"row 0: not base64-encoded image bytes"):
-        model.predict(pd.DataFrame({"image": ["/no/such/file.png"]}))
+    good = [base64.b64encode(f.read_bytes()).decode() for f in images] * 2
+    cells = [*good[:3], base64.b64encode(b"not an image").decode(), *good[3:6], "/no/such/file.png"]
+    out = model.predict(pd.DataFrame({"image": cells}))
+    assert len(out) == 8 and list(out.columns) == ["p_fake", "label", "error"]
+    bad = [3, 7]
+    assert out["p_fake"].isna().tolist() == [i in bad for i in range(8)]
+    assert [out["p_fake"][i] for i in bad] == [None, None]  # null, not NaN: the JSON answer stays valid JSON
+    assert [out["label"][i] for i in bad] == ["", ""]
+    assert out["error"][3] == "not a recognised image format"
+    assert out["error"][7].startswith("not base64-encoded image bytes")
+    scored = [i for i in range(8) if i not in bad]
+    assert (out["error"][scored] == "").all()
+    np.testing.assert_allclose(out["p_fake"][scored].astype(float), np.tile(_expected(tiny_model_dir, images), 2)[
+        :6], rtol=1e-5)
+
+
+@pytest.mark.parametrize("request_input", [
+    pd.DataFrame({"picture": [serving.example_png()]}),  # no image column
+    ["iVBORw0KGgo" * 50],  # not a table
+    "iVBORw0KGgo" * 50,
+])
+def test_pyfunc_refuses_a_malformed_request_in_one_line_without_the_payload(request_input):
+    import mlflow
+
+    model = serving.DetectorModel()
+    model.detector, model.root = None, None  # refused before the model is used
+    with pytest.raises(mlflow.exceptions.MlflowException) as err:
+        model.predict(None, request_input)
+    err.value.message = f"Failed to predict data '{request_input}'"  # what MLflow's scoring server does to it
+    line = json.loads(err.value.serialize_as_json())["message"]
+    assert "\n" not in line and "iVBORw0KGgo" not in line and "column 'image'" in line, line
+    assert err.value.get_http_status_code() == 400
 
 
 def _spy_on_files(monkeypatch) -> list[tuple[str, str]]:
@@ -125,12 +154,9 @@ def test_pyfunc_reads_no_server_file_by_default(registered, monkeypatch):
 
     monkeypatch.delenv(serving.ALLOWED_ROOT_ENV, raising=False)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
-    answers = []
     touched = _spy_on_files(monkeypatch)
-    for path in ("/etc/hostname", "/no/such/file"):
-        with pytest.raises(mlflow.exceptions.MlflowException) as err:
-            model.predict(pd.DataFrame({"image": [path]}))
-        answers.append(str(err.value).replace(path, "PATH"))
+    answers = list(model.predict(pd.DataFrame({"image": ["/etc/hostname", "/no/such/file"]}))["error"])
+    assert answers[0].startswith("not base64-encoded image bytes")
     assert not [t for t in touched if "hostname" in t[1] or "no/such" in t[1]]  # nothing read, nothing stat'ed
     assert answers[0] == answers[1]  # an existing file and a missing one get the same refusal
 
@@ -147,12 +173,9 @@ def test_pyfunc_reads_paths_only_under_the_allowed_root(registered, images, tmp_
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@newest")
     assert len(model.predict(pd.DataFrame({"image": [str(images[0]), images[1].name]}))) == 2
     touched = _spy_on_files(monkeypatch)
-    refusals = []
-    for path in (str(outside), f"{root}/../{outside.parent.name}/secret.png", "link.png", str(root / "missing.png")):
-        with pytest.raises(mlflow.exceptions.MlflowException) as err:
-            model.predict(pd.DataFrame({"image": [path]}))
-        refusals.append(str(err.value).replace(path, "PATH"))
-    assert len(set(refusals)) == 1, refusals
+    paths = [str(outside), f"{root}/../{outside.parent.name}/secret.png", "link.png", str(root / "missing.png")]
+    out = model.predict(pd.DataFrame({"image": paths}))
+    assert out["p_fake"].isna().all() and len(set(out["error"])) == 1, list(out["error"])
     assert not [t for t in touched if t[0] == "open" and t[1].endswith("secret.png")]  # resolved, never opened
 
 
@@ -202,8 +225,17 @@ def test_mlflow_models_serve_answers_invocations(registered, tiny_model_dir, ima
         predictions = json.loads(body)["predictions"]
         np.testing.assert_allclose([r["p_fake"] for r in predictions], _expected(tiny_model_dir, images), rtol=1e-5)
         assert {r["label"] for r in predictions} <= {"REAL", "FAKE"}
-        status, body = _request(f"{base}/invocations", {"dataframe_split": {"columns": ["image"], "data": [["eA=="]]}})
-        assert status >= 400 and b"row 0" in body
+        broken = [*rows[:2], ["eA=="], *rows[2:]]  # one broken image among good ones: every row answered, 200
+        status, body = _request(f"{base}/invocations", {"dataframe_split": {"columns": ["image"], "data": broken}})
+        assert status == 200, body[:2000]
+        predictions = json.loads(body, parse_constant=pytest.fail)["predictions"]  # strict JSON: no NaN
+        assert len(predictions) == len(broken) and predictions[2]["p_fake"] is None
+        assert predictions[2]["error"] == "not a recognised image format"
+        np.testing.assert_allclose([r["p_fake"] for i, r in enumerate(predictions) if i != 2],
+                                   _expected(tiny_model_dir, images), rtol=1e-5)
+        status, body = _request(f"{base}/invocations", {"dataframe_split": {"columns": ["picture"], "data": rows}})
+        assert status == 400 and json.loads(body)["message"] == (
+            "input needs a column 'image' (image bytes or base64); the request has none"), body[:2000]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -253,12 +285,12 @@ def test_pyfunc_of_several_generators_answers_generator_and_class_probabilities(
     model.root = None  # as load_context leaves it without AIGI_SERVE_ALLOWED_ROOT: bytes only
     out = model.predict(None, pd.DataFrame({"image": [f.read_bytes() for f in images]}))
     columns = ["p_fake", "label", "generator", *(f"p_{c}" for c in MULTIGEN_CLASSES)]
-    assert list(out.columns) == columns == output_columns(MULTIGEN_CLASSES)
+    assert list(out.columns) == [*columns, "error"] and columns == output_columns(MULTIGEN_CLASSES)
     probs = class_probs(model.detector, to_model_input([load_rgb(f) for f in images], model.detector.image_size), 8)
     np.testing.assert_allclose(out[[f"p_{c}" for c in MULTIGEN_CLASSES]].to_numpy(), probs, rtol=1e-5)
     np.testing.assert_allclose(out["p_fake"], 1 - probs[:, 0], rtol=1e-5)
-    assert serving.signature(0.5, MULTIGEN_CLASSES).outputs.input_names() == columns
-    assert serving.signature(0.5, ["REAL", "FAKE"]).outputs.input_names() == ["p_fake", "label"]
+    assert serving.signature(0.5, MULTIGEN_CLASSES).outputs.input_names() == [*columns, "error"]
+    assert serving.signature(0.5, ["REAL", "FAKE"]).outputs.input_names() == ["p_fake", "label", "error"]
 
 
 def test_one_registry_version_per_set_of_weights(registered, tiny_model_dir, tmp_path):

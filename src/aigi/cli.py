@@ -1,4 +1,4 @@
-"""The `aigi` command: `aigi demo`, `aigi compare`, `aigi ui`, `aigi predict PATH...`."""
+"""The `aigi` command: `aigi demo`, `aigi compare`, `aigi ui`, `aigi predict PATH...` (`--spark MASTER`)."""
 
 from __future__ import annotations
 
@@ -89,9 +89,34 @@ def _is_uri(text: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", text) is not None  # models:/, runs:/, s3://; not C:/
 
 
+def _predict_on_spark(args: argparse.Namespace) -> int:
+    from aigi import spark
+    from aigi.errors import AigiError
+
+    if not args.output:
+        raise AigiError("--spark writes Parquet: give -o OUT.parquet")
+    if args.explain:
+        raise AigiError("--explain runs without --spark only")
+    threshold, project = args.threshold, _project_params()
+    if args.model and _is_uri(args.model):
+        from aigi import tracking
+        from aigi.params import Params
+
+        tracking.use_store(project or Params())  # models:/ and runs:/ in the project's store; its own threshold
+    elif threshold is None:
+        threshold = project.evaluate.threshold if project else 0.5
+    rows, failed = spark.predict(args.spark, args.model, args.paths, args.output, threshold, args.partitions)
+    print(f"predict: {rows} files scored on {args.spark} into {args.output}"
+          + (f"; {failed} could not be read (see their `error` column)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from aigi.predict import expand, output_columns, predict_paths
     from aigi.progress import progress
+
+    if args.spark:
+        return _predict_on_spark(args)
 
     files = expand(args.paths)
     detector = load_model(args.model, args.device)
@@ -162,12 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threshold", type=float, help="P(fake) at or above this is FAKE (default: the threshold saved "
                    "with the model for evaluate.target_fpr, else evaluate.threshold of the project's params.yaml, "
-                   "else 0.5)")
+                   "else 0.5; with --spark, likewise)")
     p.add_argument("--max-pixels", type=int, default=MAX_IMAGE_PIXELS,
                    help="refuse larger images (decompression bombs)")
     p.add_argument("--explain", metavar="DIR", help="also write a Grad-CAM PNG per readable image into DIR "
                    "(image beside its heatmap overlay); the row gains its path in the `explain` column")
     p.add_argument("--device", default="auto")
+    p.add_argument("--spark", metavar="MASTER", help="score on Spark instead (local[*], spark://HOST:7077, yarn, "
+                   "k8s://...): PATHS may also be object-store URIs; writes Parquet to -o, one row per file; "
+                   'needs pip install "aigi[spark]" and Java 17+')
+    p.add_argument("--partitions", type=int, help="with --spark: repartition the files into this many tasks")
     p.set_defaults(func=_predict)
     return parser
 

@@ -1,14 +1,17 @@
 """Multi-process training (DDP) under `torchrun`: one process per GPU, or per CPU worker with gloo.
 
-`torchrun --nproc_per_node=N stages/finetune.py` sets WORLD_SIZE, RANK and LOCAL_RANK; a plain
-`python stages/finetune.py` sets none of them and every helper here is a no-op (world of one).
-Rank 0 alone logs, checkpoints and saves; every rank trains on its own shard of each epoch.
+`torchrun --nproc_per_node=N stages/finetune.py` (one node) or `torchrun --nnodes=M --rdzv-backend=c10d ...`
+(several) sets WORLD_SIZE, RANK and LOCAL_RANK; a plain `python stages/finetune.py` sets none of them and
+every helper here is a no-op (world of one). Rank 0 alone logs, checkpoints and saves; every rank trains
+on its own shard of each epoch. What rank 0 reads from its disk at the start (the checkpoint to resume)
+reaches the other ranks by `broadcast`, so other nodes need not see rank 0's files.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -71,3 +74,25 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's `value` on every rank (any picklable object; itself without a process group)."""
+    if not dist.is_initialized():
+        return value
+    box = [value if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_same(value: str, what: str) -> None:
+    """Refuse to train when the ranks disagree on `value` (e.g. the fingerprint of params, data and code):
+    a node with other data or code would otherwise train silently on something else."""
+    if not dist.is_initialized():
+        return
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        odd = [rank for rank, v in enumerate(values) if v != values[0]]
+        raise AigiError(f"ranks {odd} have other {what} than rank 0; give every node the same checkout, "
+                        f"params.yaml and data (dvc pull)")
