@@ -52,8 +52,9 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
     fp = fingerprint(p, world.size)
     resume = load_checkpoint(CHECKPOINT, fp)
     run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
-    if run_id and not tracking.run_usable(p, run_id):
-        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in {tracking.tracking_uri(p)}; "
+    if run_id and not tracking.run_usable(p.mlflow, run_id):
+        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in "
+              f"{tracking.tracking_uri(p.mlflow)}; "
               f"training starts afresh")
         resume, run_id = None, None
 

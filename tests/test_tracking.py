@@ -38,15 +38,15 @@ def _params(uri: str, **finetune):
 
 def test_experiment_is_created_as_model_training_and_old_ones_get_the_tag(store):
     p = _params(store)
-    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(p))
+    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(p.mlflow))
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
     old = mlflow.MlflowClient(store).create_experiment("old")
-    tracking.experiment_id(p.model_copy(update={"mlflow": p.mlflow.model_copy(update={"experiment": "old"})}))
+    tracking.experiment_id(p.mlflow.model_copy(update={"experiment": "old"}))
     assert mlflow.MlflowClient(store).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_experiment_stores_the_headline_runs_view(store):
-    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(_params(store)))
+    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(_params(store).mlflow))
     view = json.loads(exp.tags[f"mlflow.sharedViewState.{tracking.HEADLINE_VIEW}"])
     headline = summary(*[{"accuracy": 1, "roc_auc": 1, "f1": 1, "ece": 0, "attribution": {"accuracy": 1}}] * 2)
     assert {f"metrics.`{k}`" for k in headline if k != "acc_attr_zs"} <= set(view["selectedColumns"])

@@ -39,7 +39,7 @@ def _ui(args: argparse.Namespace) -> int:
     from aigi import tracking
     from aigi.params import Params
 
-    uri = tracking.use_store(_project_params() or Params())
+    uri = tracking.use_store((_project_params() or Params()).mlflow)
     base = f"http://127.0.0.1:{args.port}"
     import mlflow
 
@@ -71,7 +71,7 @@ def load_model(model: str | None, device_name: str):
         from aigi import serving, tracking
         from aigi.params import Params
 
-        tracking.use_store(_project_params() or Params())
+        tracking.use_store((_project_params() or Params()).mlflow)
         detector, _ = serving.load_for_predict(model)
         return detector.to(dev).eval()
     detector, _ = load_detector(Path(model) if model else project_root() / MODEL_DIR, dev)
