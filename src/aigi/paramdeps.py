@@ -46,10 +46,19 @@ def covered(key: str, patterns: object) -> bool:
     return any(fnmatchcase(key, p) or fnmatchcase(key, f"{p}.*") for p in patterns)  # type: ignore[attr-defined]
 
 
-def declared(lock: Path, params_file: str = "params.yaml") -> dict[str, list[str]]:
-    """The params keys DVC tracks per stage, from dvc.lock (foreach stages by their full name)."""
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return {name: sorted((stage.get("params") or {}).get(params_file, {})) for name, stage in stages.items()}
+def declared(path: Path, params_file: str = "params.yaml") -> dict[str, list[str]]:
+    """The params keys of each stage: from dvc.lock, what DVC tracked (foreach stages by their full name,
+    `preprocess@cifake`), or from a dvc.yaml without foreach stages (entries of other params files left out)."""
+    stages = (yaml.safe_load(Path(path).read_text()) or {}).get("stages", {})
+    out = {}
+    for name, stage in stages.items():
+        entries = stage.get("params") or {}
+        if isinstance(entries, dict):  # dvc.lock: {file: {key: value}}
+            out[name] = sorted(entries.get(params_file, {}))
+        else:  # dvc.yaml: [key, {file: [key, ...]}, ...]
+            out[name] = sorted([e for e in entries if isinstance(e, str)]
+                               + [k for e in entries if isinstance(e, dict) for k in e.get(params_file, [])])
+    return out
 
 
 def recorded(folder: Path) -> dict[str, dict[str, set[str]]]:
