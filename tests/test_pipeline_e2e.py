@@ -225,6 +225,22 @@ def test_param_edit_in_the_copy_reruns_into_the_same_store(project, tmp_path):
     assert line.startswith("error: MLflow run") and run_id in line and empty in line
 
 
+def _params_problems(root: Path, env: dict) -> tuple[set[str], list[str]]:
+    """The stages that recorded their params reads, and each mismatch with what dvc.lock tracked for them."""
+    seen = paramdeps.recorded(Path(env[params.RECORD_ENV]))
+    return set(seen), paramdeps.problems(paramdeps.declared(root / "dvc.lock"), seen)
+
+
+def test_each_stage_reads_exactly_the_params_it_declares(project):
+    """Every param a stage read, in every run above (the queued runs of `aigi compare` are not recorded), is in
+    its dvc.yaml `params:` (else a change to it would leave a stale output) and every declared one was read
+    (else it re-runs for nothing); see aigi.paramdeps."""
+    root, env, ran = project
+    stages, problems = _params_problems(root, env)
+    assert set(ran) <= stages, sorted(set(ran) - stages)
+    assert not problems, "\n".join(problems)
+
+
 def test_compare_queues_methods_side_by_side_in_dvc_and_mlflow(project):
     root, _, _ = project
     table = compare.run(root, methods=("linear_probe", "full"), overrides=["finetune.epochs=2"])
@@ -235,21 +251,6 @@ def test_compare_queues_methods_side_by_side_in_dvc_and_mlflow(project):
     assert {"cmp-linear-probe", "cmp-full"} <= set(runs)
     assert runs["cmp-full"].data.params["finetune.method"] == "full"
     assert runs["cmp-full"].data.metrics["acc_zs"] == runs["cmp-linear-probe"].data.metrics["acc_zs"]
-
-
-def _params_problems(root: Path, env: dict) -> tuple[set[str], list[str]]:
-    """The stages that recorded their params reads, and each mismatch with what dvc.lock tracked for them."""
-    seen = paramdeps.recorded(Path(env[params.RECORD_ENV]))
-    return set(seen), paramdeps.problems(paramdeps.declared(root / "dvc.lock"), seen)
-
-
-def test_each_stage_reads_exactly_the_params_it_declares(project):
-    """Every param a stage read, in every run above, is in its dvc.yaml `params:` (else a change to it would
-    leave a stale output) and every declared one was read (else it re-runs for nothing); see aigi.paramdeps."""
-    root, env, ran = project
-    stages, problems = _params_problems(root, env)
-    assert set(ran) <= stages, sorted(set(ran) - stages)
-    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.skipif(browser.CHROMIUM is None, reason="no headless Chromium (apt-get install chromium)")
