@@ -9,7 +9,7 @@ import pytest
 from aigi import tracking
 from aigi.errors import AigiError
 from aigi.evaluation import summary
-from aigi.params import parse
+from aigi.params import ParamsRecord, Recording, parse
 
 
 @pytest.fixture
@@ -85,6 +85,18 @@ def test_a_run_missing_from_the_store_is_one_line_naming_both(store, tmp_path):
         pass
     msg = str(err.value)
     assert "0123456789abcdef0123456789abcdef" in msg and store in msg and "\n" not in msg
+
+
+def test_reopening_a_run_reads_only_where_the_store_is(store, tmp_path, monkeypatch):
+    """evaluate, explain and report log into finetune's run: explain declares only mlflow.tracking_uri."""
+    with tracking.start_training_run(_params(store)) as run:
+        pass
+    tracking.write_run_file(tmp_path / "run.json", run.info.run_id)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it; a stage starts without
+    record = ParamsRecord()
+    with tracking.model_run(Recording(_params(store), "", record), tmp_path / "run.json"):
+        pass
+    assert record.read == {"mlflow.tracking_uri"} and "finetune.lr" in record.logged  # flat(): the changed tags
 
 
 def test_epoch_metrics_pair_train_and_val_for_the_charts():
