@@ -122,3 +122,5 @@ def test_each_exemption_names_a_stage_of_dvc_yaml_and_a_key_it_does_not_declare(
                 assert why.strip(), (stage, key)
                 if table is paramdeps.NOT_DEPS:
                     assert not paramdeps.covered(key, declared), f"{stage}: {key} is declared; drop the exemption"
+                else:
+                    assert paramdeps.covered(key, declared), f"{stage}: {key} is not declared; drop the exemption"

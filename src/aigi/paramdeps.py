@@ -38,7 +38,12 @@ NOT_DEPS: dict[str, dict[str, str]] = {
     },
 }
 # Keys a stage declares but may not read in a given run, by stage, with why the declaration stays.
-UNREAD_DEPS: dict[str, dict[str, str]] = {}
+UNREAD_DEPS: dict[str, dict[str, str]] = {
+    "explain": {
+        "mlflow.tracking_uri": "the store of the run it logs into; not read when MLFLOW_TRACKING_URI is set, "
+                               "which overrides it (tracking.tracking_uri)",
+    },
+}
 
 
 def covered(key: str, patterns: object) -> bool:
