@@ -54,8 +54,9 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
     distributed.check_same(fp, "params, data or code")
     resume = load_checkpoint(CHECKPOINT, fp) if world.is_main else None  # rank 0's path; the others get it below
     run_id = resume.get("run_id") if resume else None  # a resumed run logs into the same MLflow run
-    if run_id and not tracking.run_usable(p, run_id):
-        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in {tracking.tracking_uri(p)}; "
+    if run_id and not tracking.run_usable(p.mlflow, run_id):
+        print(f"ignoring {CHECKPOINT}: its MLflow run {run_id} is deleted or missing in "
+              f"{tracking.tracking_uri(p.mlflow)}; "
               f"training starts afresh")
         resume, run_id = None, None
     resume = distributed.broadcast(resume)

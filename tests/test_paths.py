@@ -68,16 +68,16 @@ def test_temp_experiment_copy_tracks_into_the_users_checkout(monkeypatch, tmp_pa
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert paths.project_root() == copy.resolve()
     assert paths.user_root() == repo.resolve()
-    assert tracking.tracking_uri(Params()) == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
+    assert tracking.tracking_uri(Params().mlflow) == f"sqlite:///{repo.resolve() / 'mlflow.db'}"
 
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     custom = Params.model_validate({"mlflow": {"tracking_uri": "http://mlflow.example:5000"}})
-    assert tracking.tracking_uri(custom) == "http://mlflow.example:5000"
+    assert tracking.tracking_uri(custom.mlflow) == "http://mlflow.example:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/m.db")
-    assert tracking.tracking_uri(custom) == "sqlite:////elsewhere/m.db"
+    assert tracking.tracking_uri(custom.mlflow) == "sqlite:////elsewhere/m.db"
 
 
 def test_artifacts_sit_next_to_the_sqlite_database(tmp_path):
@@ -90,10 +90,10 @@ def test_experiment_created_with_anchored_artifact_root(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     import mlflow
 
-    exp_id = tracking.experiment_id(Params.model_validate({"mlflow": {"experiment": "anchored"}}))
+    exp_id = tracking.experiment_id(Params.model_validate({"mlflow": {"experiment": "anchored"}}).mlflow)
     exp = mlflow.get_experiment(exp_id)
     assert Path(exp.artifact_location.removeprefix("file://")) == (tmp_path / "mlartifacts").resolve()
-    assert tracking.experiment_id(Params.model_validate({"mlflow": {"experiment": "anchored"}})) == exp_id
+    assert tracking.experiment_id(Params.model_validate({"mlflow": {"experiment": "anchored"}}).mlflow) == exp_id
 
 
 def test_params_changed_after_training_are_tagged_on_the_run(monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ import browser
 import pytest
 from conftest import ROOT
 
-from aigi import compare, demo, tracking
+from aigi import compare, demo, paramdeps, params, tracking
 
 pytestmark = pytest.mark.e2e
 
@@ -48,6 +48,7 @@ def project(tmp_path_factory):
     env = demo.stage_env()
     env.pop("MLFLOW_TRACKING_URI", None)
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env[params.RECORD_ENV] = str(tmp / "params-read")  # each stage notes the params it reads (issue 17.1)
     ran, _ = _repro(project, env)
     # Commit the results, as a user would, so `dvc metrics diff` has a baseline.
     subprocess.run([*demo.GIT, "add", "-A"], cwd=project, check=True)
@@ -251,6 +252,22 @@ def test_param_edit_in_the_copy_reruns_into_the_same_store(project, tmp_path):
     assert line.startswith("error: MLflow run") and run_id in line and empty in line
 
 
+def _params_problems(root: Path, env: dict) -> tuple[set[str], list[str]]:
+    """The stages that recorded their params reads, and each mismatch with what dvc.lock tracked for them."""
+    seen = paramdeps.recorded(Path(env[params.RECORD_ENV]))
+    return set(seen), paramdeps.problems(paramdeps.declared(root / "dvc.lock"), seen)
+
+
+def test_each_stage_reads_exactly_the_params_it_declares(project):
+    """Every param a stage read, in every run above (the queued runs of `aigi compare` are not recorded), is in
+    its dvc.yaml `params:` (else a change to it would leave a stale output) and every declared one was read
+    (else it re-runs for nothing); see aigi.paramdeps."""
+    root, env, ran = project
+    stages, problems = _params_problems(root, env)
+    assert set(ran) <= stages, sorted(set(ran) - stages)
+    assert not problems, "\n".join(problems)
+
+
 def test_compare_queues_methods_side_by_side_in_dvc_and_mlflow(project):
     root, _, _ = project
     table = compare.run(root, methods=("linear_probe", "full"), overrides=["finetune.epochs=2"])
@@ -303,6 +320,7 @@ def multigen(tmp_path_factory):
     env = demo.stage_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env[params.RECORD_ENV] = str(tmp / "params-read")
     _repro(project, env)
     return project, env
 
@@ -336,3 +354,10 @@ def test_multigen_demo_attributes_generators_and_reports_the_unseen_one(multigen
                            capture_output=True, text=True)
     assert plots.returncode == 0 and not json.loads(plots.stdout).get("errors")
     assert json.loads(plots.stdout)["data"]["plots/eval/attribution_confusion.csv"][0]["content"]["data"]["values"]
+
+
+def test_multigen_stages_read_exactly_the_params_they_declare(multigen):
+    root, env = multigen
+    stages, problems = _params_problems(root, env)
+    assert {"preprocess", "evaluate", "report"} <= stages
+    assert not problems, "\n".join(problems)

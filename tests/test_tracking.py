@@ -9,7 +9,7 @@ import pytest
 from aigi import tracking
 from aigi.errors import AigiError
 from aigi.metrics import summary
-from aigi.params import parse
+from aigi.params import ParamsRecord, Recording, parse
 
 
 @pytest.fixture
@@ -38,15 +38,15 @@ def _params(uri: str, **finetune):
 
 def test_experiment_is_created_as_model_training_and_old_ones_get_the_tag(store):
     p = _params(store)
-    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(p))
+    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(p.mlflow))
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs table
     old = mlflow.MlflowClient(store).create_experiment("old")
-    tracking.experiment_id(p.model_copy(update={"mlflow": p.mlflow.model_copy(update={"experiment": "old"})}))
+    tracking.experiment_id(p.mlflow.model_copy(update={"experiment": "old"}))
     assert mlflow.MlflowClient(store).get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_experiment_stores_the_headline_runs_view(store):
-    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(_params(store)))
+    exp = mlflow.MlflowClient(store).get_experiment(tracking.experiment_id(_params(store).mlflow))
     view = json.loads(exp.tags[f"mlflow.sharedViewState.{tracking.HEADLINE_VIEW}"])
     headline = summary(*[{"accuracy": 1, "roc_auc": 1, "f1": 1, "ece": 0, "attribution": {"accuracy": 1}}] * 2)
     assert {f"metrics.`{k}`" for k in headline if k != "acc_attr_zs"} <= set(view["selectedColumns"])
@@ -85,6 +85,18 @@ def test_a_run_missing_from_the_store_is_one_line_naming_both(store, tmp_path):
         pass
     msg = str(err.value)
     assert "0123456789abcdef0123456789abcdef" in msg and store in msg and "\n" not in msg
+
+
+def test_reopening_a_run_reads_only_where_the_store_is(store, tmp_path, monkeypatch):
+    """evaluate, explain and report log into finetune's run: explain declares only mlflow.tracking_uri."""
+    with tracking.start_training_run(_params(store)) as run:
+        pass
+    tracking.write_run_file(tmp_path / "run.json", run.info.run_id)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # set_tracking_uri exports it; a stage starts without
+    record = ParamsRecord()
+    with tracking.model_run(Recording(_params(store), "", record), tmp_path / "run.json"):
+        pass
+    assert record.read == {"mlflow.tracking_uri"} and "finetune.lr" in record.logged  # flat(): the changed tags
 
 
 def test_epoch_metrics_pair_train_and_val_for_the_charts():

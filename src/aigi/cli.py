@@ -42,7 +42,7 @@ def _ui(args: argparse.Namespace) -> int:
     from aigi import tracking
     from aigi.params import Params
 
-    uri = tracking.use_store(_project_params() or Params())
+    uri = tracking.use_store((_project_params() or Params()).mlflow)
     base = f"http://127.0.0.1:{args.port}"
     import mlflow
 
@@ -74,7 +74,7 @@ def load_model(model: str | None, device_name: str):
         from aigi import serving, tracking
         from aigi.params import Params
 
-        tracking.use_store(_project_params() or Params())
+        tracking.use_store((_project_params() or Params()).mlflow)
         detector, _ = serving.load_for_predict(model)
         return detector.to(dev).eval()
     detector, _ = load_detector(Path(model) if model else project_root() / MODEL_DIR, dev)
@@ -102,7 +102,7 @@ def _predict_on_spark(args: argparse.Namespace) -> int:
         from aigi import tracking
         from aigi.params import Params
 
-        tracking.use_store(project or Params())  # models:/ and runs:/ in the project's store; its own threshold
+        tracking.use_store((project or Params()).mlflow)  # models:/ and runs:/ in the project's store; its own threshold
     elif threshold is None:
         threshold = project.evaluate.threshold if project else 0.5
     rows, failed = spark.predict(args.spark, args.model, args.paths, args.output, threshold, args.partitions)

@@ -7,10 +7,17 @@ out-of-range value, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import atexit
+import copy
 import difflib
+import inspect
 import json
+import os
 import re
 import string
+import sys
+import time
+import types
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -427,4 +434,143 @@ def load(path: str | Path = "params.yaml") -> Params:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise AigiError(f"{path}: not valid YAML{where}; fix the syntax") from None
-    return parse(raw, str(path), path.parent)
+    params = parse(raw, str(path), path.parent)
+    folder = os.environ.get(RECORD_ENV)
+    return recording(params, Path(folder)) if folder else params
+
+
+# Which params a stage reads (tests/test_pipeline_e2e.py checks them against dvc.yaml; see aigi.paramdeps).
+# With AIGI_RECORD_PARAMS=<folder> set, load() returns the same validated Params behind a view that notes
+# each key the process reads, and at exit writes them to <folder>/<stage>/<pid>-<ns>.json. Unset: nothing.
+RECORD_ENV = "AIGI_RECORD_PARAMS"
+
+
+class ParamsRecord:
+    """The dotted keys one process used. `read`: values that can change what the stage writes (a leaf reached
+    by attribute, or dumped with model_dump / model_dump_json: the report prints them, finetune's checkpoint
+    fingerprint hashes them). `logged`: keys only dumped whole with `flat()`, which is what MLflow gets (run
+    params, the `evaluated_with.*` tags) and not an output DVC tracks."""
+
+    def __init__(self) -> None:
+        self.read: set[str] = set()
+        self.logged: set[str] = set()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stage": stage_name(), "argv": sys.argv, "read": sorted(self.read), "logged": sorted(self.logged)}
+
+
+def stage_name() -> str:
+    """The DVC stage this process runs (DVC sets DVC_STAGE, e.g. `preprocess@cifake`), else script + argv."""
+    if os.environ.get("DVC_STAGE"):
+        return os.environ["DVC_STAGE"]
+    return "@".join([Path(sys.argv[0]).stem or "python", *sys.argv[1:]]).replace("/", "_")
+
+
+def _leaves(section: Section, dump: dict[str, Any], prefix: str) -> list[str]:
+    """The dotted leaf keys of `dump` (a model_dump of `section`, perhaps with include/exclude)."""
+    keys = []
+    for name, value in dump.items():
+        sub = getattr(section, name, None)
+        if isinstance(sub, Section) and isinstance(value, dict):
+            keys += _leaves(sub, value, f"{prefix}{name}.")
+        elif _sections(sub) and isinstance(value, dict):
+            keys += [k for item, v in value.items() for k in _leaves(sub[item], v, f"{prefix}{name}.{item}.")]
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _sections(value: Any) -> bool:
+    """A non-empty dict of sections (a named set of sections, such as datasets by name)."""
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, Section) for v in value.values())
+
+
+def _noted(value: Any, key: str, record: ParamsRecord) -> Any:
+    if isinstance(value, Section):
+        return Recording(value, f"{key}.", record)
+    if _sections(value):
+        return {name: Recording(v, f"{key}.{name}.", record) for name, v in value.items()}
+    record.read.add(key)  # a leaf: a value, or a list or dict of values (zeroshot.prompts is one key)
+    return value
+
+
+class Recording:
+    """A read-only view of a params section that notes into a ParamsRecord each key read through it.
+
+    A field that is a section comes back as a view with the longer prefix, so a section passed on to a
+    library function (`p.finetune`) notes only what that function reads. Methods and properties defined in
+    this module run with the view as `self`; pydantic's own (`model_copy`, ...) see the plain section and
+    note nothing, and a view pickled (to a worker process) arrives as the plain section.
+    """
+
+    __slots__ = ("_prefix", "_record", "_section")
+
+    def __init__(self, section: Section, prefix: str, record: ParamsRecord) -> None:
+        object.__setattr__(self, "_section", section)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_record", record)
+
+    def __getattr__(self, name: str) -> Any:
+        section = self._section
+        if name in type(section).model_fields:
+            return _noted(getattr(section, name), self._prefix + name, self._record)
+        attr = inspect.getattr_static(type(section), name, None)
+        if isinstance(attr, property) and attr.fget is not None and attr.fget.__module__ == __name__:
+            return attr.fget(self)
+        if inspect.isfunction(attr) and attr.__module__ == __name__:
+            return types.MethodType(attr, self)
+        return getattr(section, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError(f"params are read-only ({self._prefix}{name})")
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        dump = self._section.model_dump(**kwargs)
+        self._record.read.update(_leaves(self._section, self._section.model_dump(
+            include=kwargs.get("include"), exclude=kwargs.get("exclude")), self._prefix))
+        return dump
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        self.model_dump(include=kwargs.get("include"), exclude=kwargs.get("exclude"))
+        return self._section.model_dump_json(**kwargs)
+
+    def flat(self) -> dict[str, Any]:
+        """The whole tree for logging (MLflow params and tags): noted as logged, not read."""
+        section = self._section
+        self._record.logged.update(_leaves(section, section.model_dump(), self._prefix))
+        return section.flat()
+
+    def __eq__(self, other: object) -> bool:
+        return self._section == (other._section if isinstance(other, Recording) else other)
+
+    def __hash__(self) -> int:
+        return hash(self._section)
+
+    def __repr__(self) -> str:
+        return f"Recording({self._section!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return copy.copy, (self._section,)
+
+
+_RECORD: ParamsRecord | None = None
+
+
+def recording(params: Params, folder: Path) -> Params:
+    """`params` behind a Recording view; this process's keys are written to `folder` at exit."""
+    global _RECORD
+    if _RECORD is None:
+        _RECORD = ParamsRecord()
+        atexit.register(write_record, _RECORD, Path(folder).resolve())
+    return Recording(params, "", _RECORD)  # type: ignore[return-value]  # it reads as a Params
+
+
+def write_record(record: ParamsRecord, folder: Path) -> Path:
+    """One file per process (a stage may run several times, or in several processes); atomic."""
+    out = folder / stage_name()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{os.getpid()}-{time.time_ns()}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record.to_json(), indent=1) + "\n")
+    tmp.replace(path)
+    return path

@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from aigi.errors import AigiError, one_line
-from aigi.params import Params
+from aigi.params import MlflowParams, Params
 from aigi.paths import MANIFEST, processed_dir, project_root, user_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -38,8 +38,8 @@ MODEL_TRAINING = "custom_model_development"
 HEADLINE_VIEW = "aigi-headline"
 HEADLINE_METRICS = ("acc_zs", "acc_ft", "auc_zs", "auc_ft", "f1_zs", "f1_ft", "ece_zs", "ece_ft", "acc_attr_ft")
 
-def tracking_uri(params: Params) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri or (
+def tracking_uri(mlflow_params: MlflowParams) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or (
         f"sqlite:///{user_root() / 'mlflow.db'}"
     )
 
@@ -51,20 +51,20 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
-def use_store(params: Params) -> str:
+def use_store(mlflow_params: MlflowParams) -> str:
     """Point MLflow (tracking and model registry) at the project's store; returns its URI."""
-    uri = tracking_uri(params)
+    uri = tracking_uri(mlflow_params)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
-def experiment_id(params: Params) -> str:
+def experiment_id(mlflow_params: MlflowParams) -> str:
     """Point MLflow at the store and return the experiment's id, creating it on first use."""
-    uri = use_store(params)
+    uri = use_store(mlflow_params)
     try:
-        exp = mlflow.get_experiment_by_name(params.mlflow.experiment)
+        exp = mlflow.get_experiment_by_name(mlflow_params.experiment)
         if exp is None:
-            return mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifact_location(uri),
+            return mlflow.create_experiment(mlflow_params.experiment, artifact_location=artifact_location(uri),
                                             tags=experiment_tags())
         missing = {k: v for k, v in experiment_tags().items() if exp.tags.get(k) != v}  # created by an older aigi
         for key, value in missing.items():
@@ -176,10 +176,10 @@ def describe(params: Params, counts: dict[str, dict[str, int]]) -> str:
             f"batch {f.batch_size}x{f.grad_accum_steps}, seed {params.seed}")
 
 
-def run_usable(params: Params, run_id: str) -> bool:
+def run_usable(mlflow_params: MlflowParams, run_id: str) -> bool:
     """Whether `run_id` exists in the store and is not deleted (a resume reopens it). Read-only, so every
     torchrun rank can ask and all take the same decision."""
-    use_store(params)
+    use_store(mlflow_params)
     try:
         return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:
@@ -188,7 +188,7 @@ def run_usable(params: Params, run_id: str) -> bool:
 
 def start_training_run(params: Params, run_id: str | None = None) -> mlflow.ActiveRun:
     """Open the run of a new model (or reopen `run_id` when resuming) with params, tags and datasets logged."""
-    exp = experiment_id(params)
+    exp = experiment_id(params.mlflow)
     if run_id:
         return mlflow.start_run(run_id=run_id)
     root = project_root()
@@ -236,10 +236,10 @@ def read_run_id(path: Path) -> str:
 
 @contextlib.contextmanager
 def model_run(params: Params, run_file: Path) -> Iterator[Any]:
-    """Reopen the run named in `run_file` (written by finetune) for evaluate and report."""
+    """Reopen the run named in `run_file` (written by finetune) for evaluate, explain and report. Only the store
+    matters (mlflow.tracking_uri): the run is found by its id, in whatever experiment it was opened."""
     run_id = read_run_id(run_file)
-    uri = tracking_uri(params)
-    experiment_id(params)
+    uri = use_store(params.mlflow)
     try:
         mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:
