@@ -102,9 +102,16 @@ def _predict_on_spark(args: argparse.Namespace) -> int:
         from aigi import tracking
         from aigi.params import Params
 
-        tracking.use_store((project or Params()).mlflow)  # models:/ and runs:/ in the project's store; its own threshold
-    elif threshold is None:
-        threshold = project.evaluate.threshold if project else 0.5
+        tracking.use_store((project or Params()).mlflow)  # models:/, runs:/ in the project's store; own threshold
+    elif threshold is None:  # a model folder: its own threshold (finetune, evaluate.target_fpr), else the project's
+        from aigi.calibration import decision_threshold
+        from aigi.paths import MODEL_DIR, project_root
+        from aigi.serving import saved_threshold
+
+        folder = Path(args.model) if args.model else project_root() / MODEL_DIR
+        fallback = project.evaluate.threshold if project else 0.5
+        threshold = decision_threshold(saved_threshold(folder), fallback) if (folder / "detector.json").is_file() \
+            else fallback
     rows, failed = spark.predict(args.spark, args.model, args.paths, args.output, threshold, args.partitions)
     print(f"predict: {rows} files scored on {args.spark} into {args.output}"
           + (f"; {failed} could not be read (see their `error` column)" if failed else ""), file=sys.stderr)
