@@ -13,6 +13,7 @@ from aigi.paths import (
     EVAL_CURVES,
     EVAL_METRICS,
     EVAL_PREDICTIONS,
+    RELIABILITY_FIGURE,
     REPORT_HTML,
     REPORTS,
     ROBUSTNESS_FIGURE,
@@ -24,6 +25,7 @@ from aigi.paths import (
     TRAIN_CURVES,
     ZEROSHOT_CURVES,
     ZEROSHOT_METRICS,
+    audit_metrics,
     processed_dir,
     source_json,
 )
@@ -47,18 +49,15 @@ def main() -> None:
             robustness=_json(ROBUSTNESS_METRICS),
             source=_json(source_json(p.train_on)),
             manifest=load_manifest(processed),
-            figures={
-                "Training curves": TRAIN_CURVES,
-                "Zero-shot: ROC, precision-recall, confusion": ZEROSHOT_CURVES,
-                "Fine-tuned: ROC, precision-recall, confusion": EVAL_CURVES,
-                "Robustness": ROBUSTNESS_FIGURE,
-                "Attribution": ATTRIBUTION_FIGURE,
-            },
+            figures={"train": TRAIN_CURVES, "zeroshot": ZEROSHOT_CURVES, "eval": EVAL_CURVES,
+                     "robustness": ROBUSTNESS_FIGURE, "attribution": ATTRIBUTION_FIGURE,
+                     "reliability": RELIABILITY_FIGURE},
             mistakes=(pd.read_csv(EVAL_PREDICTIONS), test_images),
             saliency=(_json(SALIENCY_METRICS), SALIENCY_GRID),
             model={"run_id": run_id, "uri": f"models:/{p.mlflow.registered_model}@{p.mlflow.model_alias}"},
             # only the sets asked for: metrics/test/ may still hold a set since removed from evaluate.test_on
             test_sets={name: _json(TEST_METRICS / f"{name}.json") for name in [p.train_on, *p.evaluate.test_on]},
+            audits={name: _json(audit_metrics(name)) for name in [p.train_on, *p.evaluate.test_on]},
         )
     with tracking.model_run(p, RUN_JSON):
         mlflow.log_artifacts(str(REPORTS), "report")

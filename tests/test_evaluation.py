@@ -12,7 +12,7 @@ from aigi import params
 from aigi.data import preprocess
 from aigi.data.synthetic import write_synthetic
 from aigi.errors import AigiError
-from aigi.evaluation import detector_labels, mlflow_test_set_metrics, score_robustness, score_test_set, score_test_split
+from aigi.evaluation import mlflow_test_set_metrics, score_robustness, score_test_set, score_test_split
 from aigi.model import TINY, create_detector
 from aigi.params import PreprocessParams
 
@@ -44,7 +44,6 @@ def test_a_test_set_from_another_dataset_maps_its_classes_by_name(tmp_path, tiny
         train_per_class="all", test_per_class="all", val_fraction=0.25, workers=1), 0, 64)
     p = params.parse({"evaluate": {"bootstrap_samples": 10}})
     detector = create_detector(TINY, "none", tiny_prompts, torch.device("cpu"))  # REAL, FAKE
-    assert list(detector_labels(detector.classes, ["REAL", "GAN", "FAKE", "SD14"])) == [0, -1, 1, -1]
     with pytest.raises(AigiError, match="differ from the data's"):  # its own test split must have its classes
         score_test_set(detector, p, "other", 16, tmp_path / "processed", tmp_path / "plots", cross=False)
     result = score_test_set(detector, p, "other", 16, tmp_path / "processed", tmp_path / "plots")
@@ -71,6 +70,10 @@ class _MeanColour(torch.nn.Module):
         self.classes = classes
         self.register_buffer("mean", torch.zeros(1))
         self.slopes = torch.linspace(-1, 1, len(classes))
+        self.threshold = None  # no saved decision threshold: evaluate.threshold
+
+    def inference_model(self, dtype, compiled):  # as Detector's: what maps pixels to logits
+        return self
 
     def forward(self, pixels):
         return pixels[..., 0].float().mean(dim=(1, 2))[:, None] / 255 * self.slopes[None]

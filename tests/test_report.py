@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from aigi import metrics, report
@@ -27,7 +28,7 @@ def _inputs(tmp_path, n: int = 60):
     manifest = {"splits": {"test": {"count": n, "per_class": {"REAL": n // 2, "FAKE": n // 2}}}, "image_size": 64,
                 "interpolation": "bicubic", "duplicates": {"train_test_shared": 2}, "skipped": []}
     return dict(zeroshot=zs, finetuned=ft, robustness=robust, source=source, manifest=manifest,
-                figures={"Training curves": figure, "Robustness": figure, "Missing": tmp_path / "none.png"},
+                figures={"train": figure, "robustness": figure, "reliability": tmp_path / "none.png"},
                 mistakes=(predictions, images), model={"run_id": "abc123", "uri": "models:/m@newest"})
 
 
@@ -36,8 +37,9 @@ def test_report_has_every_section_and_is_self_contained(tmp_path):
     report.build(out, Params(), **_inputs(tmp_path))
     md = (out / "report.md").read_text()
     headings = re.findall(r"^## (.*)$", md, flags=re.M)
-    assert headings == ["Zero-shot vs fine-tuned (test split)", "Data", "Curves", "Robustness (fine-tuned)",
-                        "Accuracy per subject", "Most confident mistakes (fine-tuned)", "Model", "Params"]
+    assert headings == ["Zero-shot vs fine-tuned (test split)", "Data", "Curves", "Operating point and calibration",
+                        "Robustness (fine-tuned)", "Accuracy per subject", "Most confident mistakes (fine-tuned)",
+                        "Model", "Params"]
     cell = r"\d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\]"
     assert re.search(rf"\| accuracy \| {cell} \| {cell} \|", md)
     assert "| jpeg_q50 |" in md and "| clean |" in md
@@ -46,7 +48,9 @@ def test_report_has_every_section_and_is_self_contained(tmp_path):
             f"| TN {c_ft['tn']} · FP {c_ft['fp']} · FN {c_ft['fn']} · TP {c_ft['tp']} |") in md
     assert "| cat | " in md and "not document" in md
     assert "2 shared by train and test" in md and "`models:/m@newest`" in md and "bootstrap_samples: 1000" in md
-    assert "Missing" not in md  # a figure that does not exist is left out, not linked
+    assert "Reliability (test split)" not in md  # a figure that does not exist is left out, not linked
+    assert re.search(r"Decision threshold P\(fake\) >= 0\.5, the fixed `evaluate.threshold`. On the test split it "
+                     r"flags \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] of the real images \(FPR\)", md)
     for link in re.findall(r"\]\((assets/[^)]+)\)", md):
         assert (out / link).is_file()
     html = (out / "report.html").read_text()
@@ -76,9 +80,9 @@ def test_several_generators_add_classes_attribution_per_generator_and_unseen(tmp
     ft = metrics.evaluate_classes(classes, labels, names, probs, 0.5, 50, 0)
     zs = metrics.evaluate_classes(classes, labels, names, rng.dirichlet(np.ones(4), 90), 0.5, 50, 0)
     inputs = _inputs(tmp_path)
-    figure = inputs["figures"]["Training curves"]
+    figure = inputs["figures"]["train"]
     per_class = {**{c: 20 for c in classes}, "GLIDE": 10}
-    inputs.update(zeroshot=zs, finetuned=ft, robustness={}, figures={"Attribution": figure},
+    inputs.update(zeroshot=zs, finetuned=ft, robustness={}, figures={"attribution": figure},
                   manifest={**inputs["manifest"], "classes": classes, "display_names": {"SD14": "Stable Diffusion 1.4"},
                             "unseen_generators": ["GLIDE"], "splits": {"test": {"count": 90, "per_class": per_class}}})
     inputs["mistakes"] = (pd.DataFrame({"index": range(90), "file": [f"{i}.jpg" for i in range(90)], "label": labels,
@@ -161,3 +165,25 @@ def test_generalisation_section_shows_each_test_set_and_generator(tmp_path):
     # Without a set besides the training one there is no section (the default run's report is unchanged).
     report.build(tmp_path / "plain", Params(), **_inputs(tmp_path), test_sets={"cifake": test_sets["cifake"]})
     assert "Generalisation" not in (tmp_path / "plain" / "report.md").read_text()
+
+
+def test_operating_point_calibration_and_audit_sections(tmp_path):
+    inputs = _inputs(tmp_path)
+    ft = inputs["finetuned"]
+    ft["threshold"] = 0.8123
+    ft["operating_point"] = {"target_fpr": 0.01, "temperature": 1.7, "calibration": {
+        "method": "temperature", "val_before": {"ece": 0.2, "brier": 0.15, "nll": 0.6},
+        "val_after": {"ece": 0.05, "brier": 0.12, "nll": 0.4}}}
+    inputs["figures"]["reliability"] = inputs["figures"]["train"]
+    audit = {"generators": {"FAKE": {"roc_auc": 0.99, "top_feature": "format", "flagged": True}},
+             "warnings": ["FAKE vs REAL: metadata alone reaches ROC-AUC 0.990 (format); set preprocess.jpeg_align"]}
+    out = tmp_path / "reports"
+    report.build(out, Params(), **inputs, audits={"cifake": audit})
+    md = (out / "report.md").read_text()
+    assert "Decision threshold P(fake) >= 0.8123, chosen on the validation split for a false-positive budget of " \
+           "0.01 (`evaluate.target_fpr`)" in md
+    assert "temperature T = 1.7; on the validation split ECE 0.2000 -> 0.0500, Brier 0.1500 -> 0.1200" in md
+    assert "![Reliability (test split)]" in md
+    assert "| cifake | FAKE | 0.990 | format | yes |" in md and "- **warning:** FAKE vs REAL" in md
+    with pytest.raises(ValueError, match="unknown figure keys"):
+        report.build(tmp_path / "r2", Params(), **{**inputs, "figures": {"Robustness": inputs["figures"]["train"]}})

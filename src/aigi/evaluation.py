@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from aigi import metrics
-from aigi.classes import from_manifest, is_fake, p_fake
+from aigi.calibration import decision_threshold
+from aigi.classes import detector_labels, from_manifest, is_fake, p_fake
 from aigi.data.store import load_manifest, load_split
 from aigi.errors import AigiError
 from aigi.inference import class_probs
@@ -31,15 +32,6 @@ def test_classes(detector: Detector, manifest: dict[str, Any]) -> tuple[list[str
     return classes, display_names
 
 
-def detector_labels(classes: Sequence[str], label_names: Sequence[str] | np.ndarray) -> np.ndarray:
-    """Each image's class index among the detector's `classes`, matched by name (a test set's class names
-    are after its `class_aliases`, as preprocess wrote them): REAL -> 0, a generator the detector was
-    trained on -> its index (*seen*), any other -> -1 (*unseen*: detection only), the label that
-    `evaluate.unseen_generators` gives a held-out generator."""
-    index = {name: k for k, name in enumerate(classes)}
-    return pd.Series(np.asarray(label_names, dtype=object)).map(index).fillna(-1).to_numpy(dtype=int)
-
-
 def score_test_split(detector: Detector, params: Params, name: str, batch_size: int, processed: Path,
                      metrics_file: Path, plots_dir: Path) -> dict[str, Any]:
     """The test split of `processed` (the dataset the detector trained on): writes `metrics_file` and
@@ -54,7 +46,7 @@ def score_test_set(detector: Detector, params: Params, name: str, batch_size: in
     """Score the test split of `processed` and write `plots_dir`; returns the metrics (`evaluate_classes`).
 
     `cross` (a test set from another dataset, `evaluate.test_on`): its classes are matched to the
-    detector's by name (`detector_labels`), detection covers every image and the curves too; unknown
+    detector's by name (`classes.detector_labels`), detection covers every image and the curves too; unknown
     generators are reported under `unseen`. Without it the data must have the detector's classes
     (its own test split), and generators held out of training are reported apart from detection.
     Images stream from the memory-mapped split one batch at a time; what stays in memory is a few
@@ -62,13 +54,14 @@ def score_test_set(detector: Detector, params: Params, name: str, batch_size: in
     images, table = load_split(processed, "test")
     names = table["label_name"].to_numpy()
     if cross:
-        labels = detector_labels(detector.classes, names)
+        mapping = detector_labels(sorted(set(names)), detector.classes)  # REAL 0, seen generators, unseen -1
+        labels = np.array([mapping[n] for n in names], dtype=int)
     else:
         test_classes(detector, load_manifest(processed))
         labels = table["label"].to_numpy()
     classes = detector.classes
     probs = class_probs(detector, images, batch_size, desc=f"{name} test")
-    threshold = params.evaluate.threshold
+    threshold = decision_threshold(detector.threshold, params.evaluate.threshold)  # the saved one, if any
     result = metrics.evaluate_classes(classes, labels, names, probs, threshold, params.evaluate.bootstrap_samples,
                                       params.seed, files=table["file"].tolist(), include_unseen=cross)
     seen = labels >= 0  # attribution: the trained classes; held-out generators apart
@@ -105,7 +98,8 @@ def score_robustness(detector: Detector, params: Params, clean: dict[str, Any], 
     table = table[table["label"] >= 0]  # as the clean detection metrics: held-out generators are reported apart
     results = evaluate_robustness(
         detector, raw_images, table["file"].tolist(), is_fake(table["label_name"]), params.evaluate.robustness,
-        params.evaluate.threshold, params.seed, params.evaluate.batch_size, params.preprocess.max_image_pixels,
+        decision_threshold(detector.threshold, params.evaluate.threshold), params.seed, params.evaluate.batch_size,
+        params.preprocess.max_image_pixels,
     )
     write_json(metrics_file, results)
     write_robustness_plots(plots_dir, summary_table(clean, results))

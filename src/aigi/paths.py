@@ -74,6 +74,7 @@ EVAL_CURVES = EVAL_PLOTS / "curves.png"
 EVAL_PREDICTIONS = EVAL_PLOTS / "predictions.csv"
 ATTRIBUTION_FIGURE = EVAL_PLOTS / "attribution_confusion.png"
 ROBUSTNESS_FIGURE = ROBUSTNESS_PLOTS / "robustness.png"
+RELIABILITY_FIGURE = EVAL_PLOTS / "reliability.png"  # zero-shot vs fine-tuned on the test split
 SALIENCY_GRID = EXPLAIN_PLOTS / "grid.png"
 
 REPORTS = Path("reports")

@@ -152,7 +152,7 @@ def generator_sections(zeroshot: dict[str, Any], finetuned: dict[str, Any], figu
                "The most likely class (argmax over REAL and every generator) against the true class.", "",
                attribution_table(zeroshot, finetuned), "", "Fine-tuned confusion matrix (rows: actual):", "",
                confusion_table(att), ""]
-        if figure and (line := _copy_figure(figure, assets, "Attribution confusion")):
+        if figure and (line := _copy_figure(figure, assets, FIGURES["attribution"])):
             md += [line, ""]
     if per := finetuned.get("per_generator"):
         md += ["## Detection per generator (fine-tuned)", "",
@@ -301,6 +301,67 @@ def _data_lines(source: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+# The report's figures: key -> title. CURVES are shown in the Curves section, in this order.
+FIGURES = {
+    "train": "Training curves",
+    "zeroshot": "Zero-shot: ROC, precision-recall, confusion",
+    "eval": "Fine-tuned: ROC, precision-recall, confusion",
+    "robustness": "Robustness",
+    "attribution": "Attribution confusion",
+    "reliability": "Reliability (test split)",
+}
+CURVES = ("train", "zeroshot", "eval")
+
+
+def operating_point_lines(params: Params, finetuned: dict[str, Any], reliability: Path | None,
+                          assets: Path) -> list[str]:
+    """The decision threshold the fine-tuned model uses, how it was chosen, and the test FPR and TPR it gives;
+    its calibration (temperature scaling) and the reliability diagram."""
+    point = finetuned.get("operating_point", {})
+    threshold, target = finetuned["threshold"], point.get("target_fpr")
+    how = (f"chosen on the validation split for a false-positive budget of {target:g} "
+           f"(`evaluate.target_fpr`)" if target is not None else "the fixed `evaluate.threshold`")
+    ci = finetuned.get("ci95", {})
+
+    def rate(key: str, flip: bool) -> str:
+        value = 1 - finetuned[key] if flip else finetuned[key]
+        if key not in ci:
+            return f"{value:.4f}"
+        lo, hi = ci[key]
+        lo, hi = (1 - hi, 1 - lo) if flip else (lo, hi)
+        return f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
+
+    lines = ["## Operating point and calibration", "",
+             f"Decision threshold P(fake) >= {threshold:.4g}, {how}. On the test split it flags "
+             f"{rate('accuracy_real', True)} of the real images (FPR) and catches {rate('accuracy_fake', False)} "
+             f"of the fakes (TPR).", ""]
+    if cal := point.get("calibration"):
+        before, after = cal["val_before"], cal["val_after"]
+        lines += [f"Calibration (`finetune.calibration: {cal['method']}`): temperature T = {point['temperature']:.4g}; "
+                  f"on the validation split ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier "
+                  f"{before['brier']:.4f} -> {after['brier']:.4f}, NLL {before['nll']:.4f} -> {after['nll']:.4f}. "
+                  f"Test ECE and Brier, zero-shot vs fine-tuned, are in the table above.", ""]
+    if reliability and (line := _copy_figure(reliability, assets, FIGURES["reliability"])):
+        lines += [line, ""]
+    return lines
+
+
+def audit_lines(audits: dict[str, dict[str, Any]]) -> list[str]:
+    """The shortcut audit: what file metadata alone (format, JPEG quality, size, ...) says of each label."""
+    if not audits:
+        return []
+    lines = ["## Shortcut audit (file metadata only)", "",
+             "| dataset | generator vs REAL | metadata ROC-AUC | top feature | flagged |", "|---|---|---|---|---|"]
+    for name, result in audits.items():
+        for g, row in result["generators"].items():
+            auc = "n/a" if row["roc_auc"] is None else f"{row['roc_auc']:.3f}"
+            lines.append(f"| {name} | {g} | {auc} | {row.get('top_feature') or ''} | "
+                         f"{'yes' if row.get('flagged') else 'no'} |")
+    lines.append("")
+    lines += [f"- **warning:** {w}" for result in audits.values() for w in result["warnings"]]
+    return [*lines, ""]
+
+
 def _copy_figure(src: Path, assets: Path, title: str) -> str | None:
     """Copy a figure into the report's assets; returns its Markdown image line, or None if it is missing."""
     if not src.is_file():
@@ -323,21 +384,24 @@ def build(
     model: dict[str, str],
     saliency: tuple[dict[str, Any], Path] | None = None,
     test_sets: dict[str, dict[str, dict[str, Any]]] | None = None,
+    audits: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Write report.md, its PNGs and report.html into `out` (an empty folder).
 
-    `figures` maps titles to PNGs: training curves, score curves, "Robustness" for the perturbation
-    plot and "Attribution" for the N-way confusion matrix; `model` holds the MLflow run id and the
+    `figures` maps the keys of `FIGURES` to PNGs (a missing file is left out); `model` holds the MLflow run id and the
     registered model URI; `saliency` is metrics/saliency.json and the Grad-CAM grid PNG; `test_sets` maps
     `params.train_on` and each set of `evaluate.test_on` to its metrics/test/<name>.json (the Generalisation
-    section, shown when there is a set besides the training one).
+    section, shown when there is a set besides the training one); `audits` maps datasets to their
+    metrics/audit/<name>.json (the shortcut audit).
     """
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
-    threshold = params.evaluate.threshold
+    threshold = finetuned["threshold"]  # the fine-tuned model's: saved with it, else evaluate.threshold
     shown = mistakes_grid(*mistakes, params.report.mistakes_shown, threshold, assets / "mistakes.png")
-    robustness_figure = figures.pop("Robustness", None)
-    attribution_figure = figures.pop("Attribution", None)
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figure keys {unknown}; known: {sorted(FIGURES)}")
+    robustness_figure, attribution_figure = figures.get("robustness"), figures.get("attribution")
 
     md = [
         "# aigi report: can CLIP tell AI-generated images from real ones?",
@@ -362,9 +426,11 @@ def build(
         "## Curves",
         "",
     ]
-    for title, src in figures.items():
-        if line := _copy_figure(src, assets, title):
-            md += [f"### {title}", "", line, ""]
+    for key in CURVES:
+        if key in figures and (line := _copy_figure(figures[key], assets, FIGURES[key])):
+            md += [f"### {FIGURES[key]}", "", line, ""]
+    md += operating_point_lines(params, finetuned, figures.get("reliability"), assets)
+    md += audit_lines(audits or {})
     md += ["## Robustness (fine-tuned)", ""]
     if robustness:
         md += [
@@ -375,7 +441,7 @@ def build(
             robustness_table(finetuned, robustness),
             "",
         ]
-        if robustness_figure and (line := _copy_figure(robustness_figure, assets, "Robustness")):
+        if robustness_figure and (line := _copy_figure(robustness_figure, assets, FIGURES["robustness"])):
             md += [line, ""]
     else:
         md += ["No perturbations configured (`evaluate.robustness`).", ""]
