@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # DVC stage commands call `python`: make it the project's interpreter.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv repro demo demo-multigen compare test test-fast lint bench ui clean-demo
+.PHONY: venv repro demo demo-multigen demo-cross compare test test-fast lint bench ui clean-demo
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ compare: venv
 demo-multigen: venv
 	aigi demo --dir demo-multigen --generators GAN,DIFFUSION,VAE --unseen VAE
 
+# Cross-dataset offline: train on one synthetic dataset, test on another whose generators differ.
+demo-cross: venv
+	aigi demo --dir cross-demo --params params.cross-demo.yaml
+
 test: venv
 	MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 python -m pytest -q
 
@@ -51,4 +55,4 @@ ui: venv
 	aigi ui
 
 clean-demo:
-	rm -rf demo demo-multigen
+	rm -rf demo demo-multigen cross-demo
