@@ -72,9 +72,11 @@ def run(p: params.Params, world: distributed.World, dev) -> None:
         )
         if not world.is_main:
             return
-        # Operating point on validation: temperature scaling (folded into the head), the target-FPR threshold.
+        # Operating point on validation: temperature scaling (saved in detector.json, applied at load), the
+        # target-FPR threshold; ECE and the reliability bins at the decision threshold.
         cal = calibration.calibrate(detector, val_images, val_table["label"].to_numpy(), p.finetune.calibration,
-                                    p.evaluate.target_fpr, p.finetune.eval_batch_size)
+                                    p.evaluate.target_fpr, p.finetune.eval_batch_size,
+                                    threshold=p.evaluate.threshold)
         if cal["threshold_note"]:
             print(f"warning: {cal['threshold_note']}")
         with atomic_dir(MODEL_DIR) as out:

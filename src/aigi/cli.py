@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--spark", metavar="MASTER", help="score on Spark instead (local[*], spark://HOST:7077, yarn, "
                    "k8s://...): PATHS may also be object-store URIs; writes Parquet to -o, one row per file; "
-                   'needs pip install "aigi[spark]" and Java 17+')
+                   'needs pip install "aigi[spark]" and Java 17+; --batch-size, --device and --max-pixels do not '
+                   "apply (the executors batch per partition and keep the default image-size guard)")
     p.add_argument("--partitions", type=int, help="with --spark: repartition the files into this many tasks")
     p.set_defaults(func=_predict)
     return parser

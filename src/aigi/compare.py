@@ -29,7 +29,7 @@ METHODS = tuple(methods.METHODS)  # every row of the methods table, in its order
 # params where they differ; no other metrics, deps or timestamps. (DVC matches the patterns at the start.)
 SHOW = ["exp", "show", "--no-pager", "--only-changed", "--keep", "(acc|auc)_(zs|ft)$|(auc|tpr1)_(zs|ft)_", "--drop",
         r"(?!Experiment|(acc|auc|f1|ece|tpr1)_|seed$|train_on$|"
-        r"(datasets|preprocess|model|zeroshot|finetune|evaluate|report|mlflow)\.)"]
+        r"(datasets|audit|preprocess|model|zeroshot|finetune|evaluate|explain|report|mlflow)\.)"]
 
 
 def experiment_name(method: str) -> str:

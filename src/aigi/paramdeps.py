@@ -32,18 +32,14 @@ NOT_DEPS: dict[str, dict[str, str]] = {
     "finetune": {
         "mlflow": "where the run is logged (store, experiment): MLflow, not the model (a re-train on an experiment "
                   "rename would make a new registry version of the same weights)",
-        "data": "the MLflow dataset's name and the run's description only; the data itself is the dep "
-                "data/processed",
-        "datasets": "as `data` (the shape after issue 14)",
+        "datasets": "the MLflow dataset's name and the run's description only; the data itself is the dep "
+                    "data/processed/<train_on>",
     },
 }
 # Keys a stage declares but may not read in a given run, by stage, with why the declaration stays.
-UNREAD_DEPS: dict[str, dict[str, str]] = {
-    "explain": {
-        "mlflow.tracking_uri": "the store of the run it logs into; not read when MLFLOW_TRACKING_URI is set, "
-                               "which overrides it (tracking.tracking_uri)",
-    },
-}
+_STORE_ONLY = {"mlflow.tracking_uri": "the store of the run it logs into; not read when MLFLOW_TRACKING_URI is set, "
+                                     "which overrides it (tracking.tracking_uri)"}
+UNREAD_DEPS: dict[str, dict[str, str]] = {"explain": _STORE_ONLY, "test": _STORE_ONLY, "summary": _STORE_ONLY}
 
 
 def covered(key: str, patterns: object) -> bool:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from aigi.calibration import decision_threshold
 from aigi.classes import DETECTION, REAL, is_fake, real_first
 from aigi.errors import AigiError
 from aigi.model import Detector
@@ -155,7 +156,7 @@ def _mean(values: np.ndarray) -> float:
 
 def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarray, threshold: float,
                 count: int, batch_size: int, path: Path) -> None:
-    """One PNG: per model (side by side, e.g. fine-tuned and zero-shot), one row per class; per row the
+    """One PNG (`threshold`: the decision of a model that saved none of its own): per model (side by side, e.g. fine-tuned and zero-shot), one row per class; per row the
     `count` most confident correct images and the `count` most confident mistakes, each as the image the
     model saw and its Grad-CAM overlay, nearest-neighbour (no smoothing of small images)."""
     import matplotlib
@@ -169,10 +170,11 @@ def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.nda
     fig = plt.figure(figsize=(len(panels) * cols * tile * 1.05 + 0.5, len(names) * tile * 1.25 + 0.5))
     for sub, (title, (detector, predictions)) in zip(fig.subfigures(1, len(panels), wspace=0.02), panels.items(),
                                                      strict=True):
-        picks = pick_examples(predictions, threshold, count)
+        decision = decision_threshold(detector.threshold, threshold)  # the model's own, as evaluate scored it
+        picks = pick_examples(predictions, decision, count)
         chosen = sorted({i for p in picks.values() for idx in p.values() for i in idx})
         rows = predictions.iloc[chosen]
-        maps = dict(zip(chosen, saliency_maps(detector, images[rows["index"].to_numpy()], batch_size, threshold),
+        maps = dict(zip(chosen, saliency_maps(detector, images[rows["index"].to_numpy()], batch_size, decision),
                         strict=True)) if chosen else {}
         sub.suptitle(f"{title}: most confident correct | most confident mistakes", fontsize=10)
         axes = sub.subplots(len(names), cols, squeeze=False,
@@ -215,7 +217,7 @@ def summarise(models: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarr
         "n": int(n), "border_share": {},
     }
     for title, (detector, _) in models.items():
-        maps = saliency_maps(detector, images[rows], cfg.batch_size, threshold)
+        maps = saliency_maps(detector, images[rows], cfg.batch_size, decision_threshold(detector.threshold, threshold))
         result["border_share"][title.replace("-", "")] = border_summary(maps, names, cfg.border_fraction)
     return result
 
