@@ -156,7 +156,8 @@ def _mean(values: np.ndarray) -> float:
 
 def grid_figure(panels: dict[str, tuple[Detector, pd.DataFrame]], images: np.ndarray, threshold: float,
                 count: int, batch_size: int, path: Path) -> None:
-    """One PNG (`threshold`: the decision of a model that saved none of its own): per model (side by side, e.g. fine-tuned and zero-shot), one row per class; per row the
+    """One PNG (`threshold`: the decision of a model that saved none of its own): per model (side by side, e.g.
+    fine-tuned and zero-shot), one row per class; per row the
     `count` most confident correct images and the `count` most confident mistakes, each as the image the
     model saw and its Grad-CAM overlay, nearest-neighbour (no smoothing of small images)."""
     import matplotlib
