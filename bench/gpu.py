@@ -47,9 +47,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from aigi.classes import p_fake  # noqa: E402
 from aigi.data.images import decode_images, to_model_tensor  # noqa: E402
 from aigi.device import inference_dtype, resolve, use_compile  # noqa: E402
-from aigi.inference import class_probs, p_fake  # noqa: E402
+from aigi.inference import class_probs  # noqa: E402
+from aigi.methods import METHODS  # noqa: E402
 from aigi.model import create_detector, load_detector, save_detector  # noqa: E402
 from aigi.params import FinetuneParams, RobustnessParams  # noqa: E402
 
@@ -194,7 +196,7 @@ class Bench:
         # FLOPs of one training step (forward, loss, backward) at this batch size, per image.
         flop_det = self.detector()
         trainable_parameters(flop_det, cfg)
-        forward = ClassLogits(flop_det, method, PROMPTS, text_trainable=True)
+        forward = ClassLogits(flop_det, METHODS[method], PROMPTS, text_trainable=True)
         x = torch.from_numpy(images[: self.batch]).to(self.device)
         y = torch.from_numpy(labels[: self.batch]).to(self.device)
         flops = count_flops(lambda: torch.nn.functional.cross_entropy(forward(x).float(), y).backward()) / self.batch

@@ -6,7 +6,8 @@ import open_clip
 import pytest
 import torch
 
-from aigi.inference import class_probs, p_fake
+from aigi.classes import p_fake
+from aigi.inference import class_probs
 from aigi.model import TINY, PixelPatchEmbed, SdpaAttention, create_detector
 
 # bf16 inference vs fp32: the largest |P(fake) difference| allowed on the tiny model (seen: ~0.003).
