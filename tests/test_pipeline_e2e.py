@@ -182,7 +182,9 @@ def test_adding_a_test_set_fetches_and_preprocesses_only_that_set(project):
         assert len(_runs(root)) == 1
     finally:
         (root / "params.yaml").write_text(original)
-    assert _repro(root, env)[0] == []  # the baseline's stages are untouched
+    # The baseline's stages are untouched; DVC leaves the removed set's metrics/test/other.json behind, and
+    # summary and report depend on that folder, so they alone run again (they read only the sets named).
+    assert set(_repro(root, env)[0]) <= {"summary", "report"}
 
 
 def test_renaming_the_experiment_or_changing_robustness_keeps_the_model_and_its_version(project):
