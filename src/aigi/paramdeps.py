@@ -35,6 +35,10 @@ NOT_DEPS: dict[str, dict[str, str]] = {
         "datasets": "the MLflow dataset's name and the run's description only; the data itself is the dep "
                     "data/processed/<train_on>",
     },
+    "test": {
+        "evaluate.test_on": "only a guard that the stage's own set is listed; which test@<set> stages exist is DVC's "
+                            "foreach over it, and declaring it would re-score every set when one is added",
+    },
 }
 # Keys a stage declares but may not read in a given run, by stage, with why the declaration stays.
 _STORE_ONLY = {"mlflow.tracking_uri": "the store of the run it logs into; not read when MLFLOW_TRACKING_URI is set, "
