@@ -43,7 +43,13 @@ NOT_DEPS: dict[str, dict[str, str]] = {
 # Keys a stage declares but may not read in a given run, by stage, with why the declaration stays.
 _STORE_ONLY = {"mlflow.tracking_uri": "the store of the run it logs into; not read when MLFLOW_TRACKING_URI is set, "
                                      "which overrides it (tracking.tracking_uri)"}
-UNREAD_DEPS: dict[str, dict[str, str]] = {"explain": _STORE_ONLY, "test": _STORE_ONLY, "summary": _STORE_ONLY}
+_TRAIN_ROLE_ONLY = "read for the train_on dataset only: a test set (preprocess@<other>) has no train or val split"
+UNREAD_DEPS: dict[str, dict[str, str]] = {
+    "explain": _STORE_ONLY, "test": _STORE_ONLY, "summary": _STORE_ONLY,
+    "preprocess": {key: _TRAIN_ROLE_ONLY for key in (
+        "preprocess.train_per_class", "preprocess.val_fraction", "preprocess.drop_train_duplicates_of_test",
+        "evaluate.unseen_generators")},
+}
 
 
 def covered(key: str, patterns: object) -> bool:
