@@ -362,5 +362,5 @@ def test_multigen_demo_attributes_generators_and_reports_the_unseen_one(multigen
 def test_multigen_stages_read_exactly_the_params_they_declare(multigen):
     root, env = multigen
     stages, problems = _params_problems(root, env)
-    assert {"preprocess", "evaluate", "report"} <= stages
+    assert {"preprocess@cifake", "evaluate", "report"} <= stages
     assert not problems, "\n".join(problems)
